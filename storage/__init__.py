@@ -1,0 +1,1 @@
+"""Storage owns every path, the artifact store, the DuckDB catalog and the cache policy."""

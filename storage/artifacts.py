@@ -1,0 +1,182 @@
+"""The artifact store: `<data_root>/<stage>/<key>/…`, written atomically, described by manifests.
+
+A stage writes into a hidden temporary directory, then `commit()` hashes the files,
+writes `manifest.json` last and renames the directory into place, so a directory
+under its final name is always complete. A killed run leaves only a `.tmp-*`
+directory, which nothing trusts (and the next writer of that key removes).
+
+`key` is the stage's input fingerprint, so the same inputs always land in the same
+place; the manifest's `fingerprint` is the content hash of what was written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from storage import layout
+from storage.fingerprint import file_sha256, fingerprint
+
+MANIFEST_NAME = "manifest.json"
+_VERIFIED_NAME = ".verified.json"  # (size, mtime) seen at the last full check; not content
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    path: str  # relative to the artifact directory
+    bytes: int
+    sha256: str
+
+
+class Manifest(BaseModel):
+    """What a stage made: where it lives, its content fingerprint, its counts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stage: str
+    key: str
+    warc: str | None = None  # per-WARC stages: the WARC's file name
+    files: tuple[FileEntry, ...]
+    fingerprint: str
+    config_fingerprint: str
+    counts: dict[str, int] = {}
+    stats: dict[str, float | int | str] = {}
+
+    @property
+    def dir(self) -> str:
+        """Directory relative to the data root."""
+        return f"{self.stage}/{self.key}"
+
+    def path(self, root: Path, name: str) -> Path:
+        """Absolute path of one of this artifact's files."""
+        if not any(f.path == name for f in self.files):
+            raise KeyError(f"{self.stage} artifact {self.key} has no file {name!r}")
+        return layout.artifact_dir(root, self.stage, self.key) / name
+
+    def paths(self, root: Path, suffix: str = "") -> list[Path]:
+        base = layout.artifact_dir(root, self.stage, self.key)
+        return [base / f.path for f in self.files if f.path.endswith(suffix)]
+
+
+def stage_key(stage_version: int, *inputs: Any) -> str:
+    """The input fingerprint that names a stage's output directory."""
+    return fingerprint(stage_version, *inputs)[:24]
+
+
+class ArtifactWriter:
+    """Context manager that builds one artifact in a temp dir and commits it atomically."""
+
+    def __init__(self, root: Path, stage: str, key: str, warc: str | None = None) -> None:
+        self.root, self.stage, self.key, self.warc = Path(root), stage, key, warc
+        self.final = layout.artifact_dir(self.root, stage, key)
+        self.tmp = self.final.parent / f".{key}.tmp-{uuid.uuid4().hex[:8]}"
+
+    def __enter__(self) -> ArtifactWriter:
+        self.tmp.mkdir(parents=True)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def path(self, name: str) -> Path:
+        """Where to write file `name` (inside the temporary directory)."""
+        p = self.tmp / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def commit(
+        self,
+        config: BaseModel | None,
+        counts: dict[str, int] | None = None,
+        stats: dict[str, float | int | str] | None = None,
+    ) -> Manifest:
+        files = tuple(
+            FileEntry(path=str(p.relative_to(self.tmp)), bytes=p.stat().st_size, sha256=file_sha256(p))
+            for p in sorted(self.tmp.rglob("*"))
+            if p.is_file()
+        )
+        manifest = Manifest(
+            stage=self.stage,
+            key=self.key,
+            warc=self.warc,
+            files=files,
+            fingerprint=fingerprint([(f.path, f.sha256) for f in files]),
+            config_fingerprint=fingerprint(config),
+            counts=counts or {},
+            stats=stats or {},
+        )
+        _write_json_atomic(self.tmp / MANIFEST_NAME, manifest.model_dump(mode="json"))
+        if self.final.exists():  # an older, possibly tampered copy: replace it whole
+            trash = self.final.parent / f".{self.key}.old-{uuid.uuid4().hex[:8]}"
+            self.final.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        self.tmp.rename(self.final)
+        _remember_verified(self.final, manifest)
+        return manifest
+
+
+def verify(root: Path, manifest: Manifest) -> str | None:
+    """None if the artifact on disk is exactly what the manifest says, else why not."""
+    base = layout.artifact_dir(Path(root), manifest.stage, manifest.key)
+    if not (base / MANIFEST_NAME).is_file():
+        return f"{manifest.dir}: manifest.json missing"
+    seen = _read_verified(base)
+    for f in manifest.files:
+        p = base / f.path
+        if not p.is_file():
+            return f"{manifest.dir}/{f.path}: missing"
+        st = p.stat()
+        if st.st_size != f.bytes:
+            return f"{manifest.dir}/{f.path}: size {st.st_size} != {f.bytes}"
+        if seen.get(f.path) != [st.st_size, st.st_mtime_ns] and file_sha256(p) != f.sha256:
+            return f"{manifest.dir}/{f.path}: content changed"
+    _remember_verified(base, manifest)
+    return None
+
+
+def load_manifest(root: Path, stage: str, key: str) -> Manifest | None:
+    p = layout.artifact_dir(Path(root), stage, key) / MANIFEST_NAME
+    if not p.is_file():
+        return None
+    return Manifest.model_validate_json(p.read_text())
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def _read_verified(base: Path) -> dict[str, list[int]]:
+    try:
+        return json.loads((base / _VERIFIED_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember_verified(base: Path, manifest: Manifest) -> None:
+    seen = {}
+    for f in manifest.files:
+        st = (base / f.path).stat()
+        seen[f.path] = [st.st_size, st.st_mtime_ns]
+    try:
+        _write_json_atomic(base / _VERIFIED_NAME, seen)
+    except OSError:  # a read-only store still verifies, only more slowly
+        pass

@@ -1,0 +1,189 @@
+"""The one cache policy every stage uses, and the lock that keeps overlapping runs apart.
+
+Cache key = the task's name + its inputs (manifests and sub-configs; any `Path` by
+content) + the task's source + the `STAGE_VERSION` of the task's module. Bump
+`STAGE_VERSION` when a helper the task calls changes its output: Prefect's task
+source sees only the task's own lines.
+
+A cached result is trusted only while its artifact is intact: before Prefect looks
+the key up, the stored manifest is verified against the files on disk, and a record
+whose files are missing or changed is deleted, so the stage runs again instead of
+handing a dangling manifest downstream.
+
+Result records live in `<data_root>/_prefect/results`; locks (SERIALIZABLE
+isolation) in `<data_root>/_prefect/locks` as `flock`s, which the OS releases
+when a process dies, so a killed run never leaves a lock behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prefect.cache_policies import TASK_SOURCE, CachePolicy
+from prefect.context import TaskRunContext
+from prefect.tasks import Task
+
+from storage import layout
+from storage.artifacts import Manifest, verify
+from storage.fingerprint import fingerprint
+
+log = logging.getLogger("fineflow.cache")
+T = TypeVar("T", bound=Task)
+
+
+def _manifests(result: Any) -> list[Manifest]:
+    if isinstance(result, Manifest):
+        return [result]
+    if isinstance(result, (list, tuple)):
+        return [m for m in result if isinstance(m, Manifest)]
+    return []
+
+
+@dataclass
+class StageCache(CachePolicy):
+    """Inputs + task source + STAGE_VERSION; drops records whose artifact is gone."""
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        if task_ctx is None:
+            return None
+        module = sys.modules.get(task_ctx.task.fn.__module__)
+        version = getattr(module, "STAGE_VERSION", None)
+        if version is None:
+            raise RuntimeError(f"{task_ctx.task.fn.__module__} defines no STAGE_VERSION")
+        source = TASK_SOURCE.compute_key(task_ctx, inputs, flow_parameters)
+        key = f"{task_ctx.task.name}-{fingerprint(version, source, inputs)[:32]}"
+        root = inputs.get("root")
+        if root is not None:
+            _drop_if_stale(task_ctx, key, Path(root))
+        return key
+
+
+def _drop_if_stale(task_ctx: TaskRunContext, key: str, root: Path) -> None:
+    store = task_ctx.result_store
+    if store is None or not store.exists(key):
+        return
+    try:
+        result = store.read(key).result
+    except Exception as exc:  # an unreadable record is as good as none
+        reason = f"unreadable cache record ({exc.__class__.__name__})"
+    else:
+        reason = next((r for m in _manifests(result) if (r := verify(root, m))), None)
+    if reason is None:
+        return
+    basepath = getattr(store.result_storage, "basepath", None)
+    if basepath is None:
+        raise RuntimeError(f"stale cache entry {key} ({reason}) on non-local result storage")
+    log.warning("cache entry %s not trusted: %s; the stage runs again", key, reason)
+    Path(basepath, key).unlink(missing_ok=True)
+
+
+class FlockLockManager:
+    """Prefect LockManager over `flock(2)`: released by the OS if the holder dies."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._held: dict[str, tuple[str, int]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # fds do not cross process boundaries
+        return {"directory": self.directory, "_held": {}}
+
+    def _open(self, key: str) -> int:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return os.open(self.directory / f"{key}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+
+    def _flock(self, fd: int, mode: int, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
+
+    def acquire_lock(
+        self,
+        key: str,
+        holder: str,
+        acquire_timeout: float | None = None,
+        hold_timeout: float | None = None,
+    ) -> bool:
+        if self.is_lock_holder(key, holder):
+            return True
+        fd = self._open(key)
+        if not self._flock(fd, fcntl.LOCK_EX, acquire_timeout):
+            os.close(fd)
+            return False
+        self._held[key] = (holder, fd)
+        return True
+
+    async def aacquire_lock(
+        self,
+        key: str,
+        holder: str,
+        acquire_timeout: float | None = None,
+        hold_timeout: float | None = None,
+    ) -> bool:
+        return await asyncio.to_thread(self.acquire_lock, key, holder, acquire_timeout)
+
+    def release_lock(self, key: str, holder: str) -> None:
+        held = self._held.get(key)
+        if held is None or held[0] != holder:
+            raise ValueError(f"{holder} does not hold the lock for {key}")
+        fcntl.flock(held[1], fcntl.LOCK_UN)
+        os.close(held[1])
+        del self._held[key]
+
+    def is_locked(self, key: str) -> bool:
+        if key in self._held:
+            return True
+        fd = self._open(key)
+        try:
+            free = self._flock(fd, fcntl.LOCK_SH, 0)
+            return not free
+        finally:
+            os.close(fd)
+
+    def is_lock_holder(self, key: str, holder: str) -> bool:
+        held = self._held.get(key)
+        return held is not None and held[0] == holder
+
+    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        if key in self._held:
+            return True
+        fd = self._open(key)
+        try:
+            return self._flock(fd, fcntl.LOCK_SH, timeout)
+        finally:
+            os.close(fd)
+
+    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        return await asyncio.to_thread(self.wait_for_lock, key, timeout)
+
+
+def bind(task: T, root: Path, refresh: bool = False) -> T:
+    """The task with fineflow's cache policy, result storage and locks under `root`."""
+    policy = StageCache().configure(
+        isolation_level="SERIALIZABLE", lock_manager=FlockLockManager(layout.locks_dir(root))
+    )
+    return task.with_options(
+        cache_policy=policy,
+        result_storage=layout.results_dir(root).resolve(),
+        persist_result=True,
+        refresh_cache=refresh,
+    )

@@ -1,0 +1,45 @@
+"""A bad config fails at the start, naming the field; the CLI says so without a traceback."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from fineflow.cli import load_config, main
+from fineflow.config import PipelineConfig
+
+
+def test_defaults_point_at_the_bundled_sample():
+    cfg = PipelineConfig()
+    assert len(cfg.sources.warcs) >= 4
+    assert cfg.url_filter.blocklist.is_file()
+
+
+@pytest.mark.parametrize(
+    ("tree", "field"),
+    [
+        ({"train": {"steps": "many"}}, "train.steps"),
+        ({"train": {"model": {"n_embd": 130, "n_head": 4}}}, "train.model"),
+        ({"tokenizer": {"vocab_sise": 100}}, "tokenizer.vocab_sise"),
+        ({"url_filter": {"blocklist": "/nonexistent/domains"}}, "url_filter"),
+        ({"sources": {"warcs": []}}, "sources"),
+        ({"force": ["nonsense"]}, "force.0"),
+        ({"sources": {"common_crawl": {"crawl": "2024-10"}}}, "sources.common_crawl.crawl"),
+    ],
+)
+def test_invalid_field_is_named(tree, field):
+    with pytest.raises(ValidationError) as err:
+        PipelineConfig.model_validate(tree)
+    locs = {".".join(map(str, e["loc"])) for e in err.value.errors()}
+    assert any(loc.startswith(field) for loc in locs), locs
+
+
+def test_set_overrides_are_typed():
+    cfg = load_config(None, ["train.steps=77", "tokenizer.vocab_size=300"], ["shard"], "train")
+    assert (cfg.train.steps, cfg.tokenizer.vocab_size) == (77, 300)
+    assert cfg.force == ["shard"] and cfg.stop_after == "train"
+
+
+def test_cli_reports_bad_field_and_exits_2(capsys):
+    assert main(["run", "--set", "train.lr=-1"]) == 2
+    assert "train.lr" in capsys.readouterr().err

@@ -1,0 +1,152 @@
+"""End to end under Prefect's test server: the caching promises of ARCHITECTURE.md.
+
+The corpus is the first pages of the bundled sample's WARCs (real records, copied
+byte for byte), so each flow run takes seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from warcio.archiveiterator import ArchiveIterator
+
+from fineflow.config import SAMPLE_DIR, PipelineConfig
+
+SAMPLE_WARCS = sorted((SAMPLE_DIR / "warcs").glob("*.warc.gz"))
+PAGES_PER_WARC = 40
+
+
+def _head(src: Path, dest: Path, pages: int) -> Path:
+    """The first `pages` response records of `src` (with their request/metadata), raw."""
+    with open(src, "rb") as f:
+        it = ArchiveIterator(f)
+        responses, end = 0, 0
+        for rec in it:
+            if rec.rec_type == "response":
+                responses += 1
+                if responses > pages:
+                    break
+            it.read_to_end()
+            end = it.get_record_offset() + it.get_record_length()
+        f.seek(0)
+        dest.write_bytes(f.read(end))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def warcs(tmp_path_factory) -> list[str]:
+    d = tmp_path_factory.mktemp("warcs")
+    return [str(_head(p, d / p.name, PAGES_PER_WARC)) for p in SAMPLE_WARCS[:3]]
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def config(root: Path, warcs: list[str], **over: Any) -> PipelineConfig:
+    base = {
+        "data_root": root,
+        "sources": {"warcs": warcs},
+        "tokenizer": {"vocab_size": 512},
+        "train": {
+            "steps": 12,
+            "warmup_steps": 2,
+            "batch_size": 4,
+            "checkpoint_every": 5,
+            "log_every": 4,
+            "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32},
+        },
+        "evaluate": {"max_new_tokens": 8, "max_val_tokens": 4096},
+    }
+    return PipelineConfig.model_validate(_merge(base, over))
+
+
+def statuses(result) -> dict[str, str]:
+    return {line.stage: line.status for line in result.lines}
+
+
+ALL = ["download", "url_filter", "extract", "minhash", "dedup", "tokenizer", "shard", "train",
+       "evaluate"]
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_server, warcs, tmp_path_factory):
+    from flows.pipeline import pipeline
+
+    root = tmp_path_factory.mktemp("data")
+    cfg = config(root, warcs[:2])
+    return root, cfg, pipeline(cfg)
+
+
+def test_first_run_runs_every_stage_and_keeps_results_in_data_root(first_run):
+    root, _, result = first_run
+    assert statuses(result) == {s: "ran" for s in ALL}
+    assert any((root / "_prefect" / "results").iterdir())
+    report = result.outputs["evaluate"].path(root, "report.md").read_text()
+    assert "bits per byte" in report.lower()
+
+
+def test_second_run_is_all_cached_with_identical_manifests(first_run):
+    from flows.pipeline import pipeline
+
+    root, cfg, result = first_run
+    again = pipeline(cfg)
+    assert statuses(again) == {s: "cached" for s in ALL}
+    assert again.outputs == result.outputs
+
+
+def test_vocab_change_reruns_only_tokenizer_and_downstream(first_run, warcs):
+    from flows.pipeline import pipeline
+
+    root, _, _ = first_run
+    result = pipeline(config(root, warcs[:2], tokenizer={"vocab_size": 600}))
+    s = statuses(result)
+    assert {k: s[k] for k in ALL[:5]} == {k: "cached" for k in ALL[:5]}
+    assert {k: s[k] for k in ALL[5:]} == {k: "ran" for k in ALL[5:]}
+
+
+def test_new_warc_runs_only_its_own_per_warc_stages(first_run, warcs):
+    from flows.pipeline import pipeline
+
+    root, _, _ = first_run
+    result = pipeline(config(root, warcs[:3], stop_after="dedup"))
+    lines = {line.stage: line for line in result.lines}
+    for stage in ALL[:4]:
+        assert (lines[stage].ran, lines[stage].cached) == (1, 2), stage
+    assert lines["dedup"].status == "ran"
+    assert "tokenizer" not in lines  # stop_after ends the run after dedup
+
+
+def test_deleted_output_reruns_that_stage_instead_of_trusting_it(first_run):
+    from flows.pipeline import pipeline
+
+    root, cfg, result = first_run
+    result.outputs["tokenizer"].path(root, "tokenizer.json").unlink()
+    again = pipeline(cfg)
+    s = statuses(again)
+    assert s["tokenizer"] == "ran"
+    assert again.outputs["tokenizer"] == result.outputs["tokenizer"]  # same bytes rebuilt
+    assert s["shard"] == "cached"  # its input did not actually change
+
+
+def test_force_reruns_a_stage_and_only_what_actually_changes(first_run):
+    from flows.pipeline import pipeline
+
+    root, cfg, result = first_run
+    forced = cfg.model_copy(update={"force": ["extract"], "stop_after": "dedup"})
+    s = statuses(pipeline(forced))
+    assert s["extract"] == "ran"
+    assert s["download"] == s["url_filter"] == s["minhash"] == s["dedup"] == "cached"
+
+
+def test_stop_after_stops_the_flow(first_run, warcs):
+    from flows.pipeline import pipeline
+
+    root, cfg, _ = first_run
+    result = pipeline(cfg.model_copy(update={"stop_after": "url_filter"}))
+    assert [line.stage for line in result.lines] == ["download", "url_filter"]

@@ -1,0 +1,86 @@
+"""Artifact store, fingerprints and the flock lock manager, without Prefect."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+from fineflow.config import ExtractConfig, UrlFilterConfig
+from storage.artifacts import ArtifactWriter, load_manifest, stage_key, verify
+from storage.cache import FlockLockManager
+from storage.fingerprint import fingerprint
+
+
+def _write(root: Path, text: str = "hello"):
+    with ArtifactWriter(root, "demo", "k1") as out:
+        out.path("a.txt").write_text(text)
+        out.path("sub/b.bin").write_bytes(b"\0" * 10)
+        return out.commit(ExtractConfig(), counts={"n": 2})
+
+
+def test_commit_is_atomic_and_verifiable(tmp_path):
+    m = _write(tmp_path)
+    assert [f.path for f in m.files] == ["a.txt", "sub/b.bin"]
+    assert verify(tmp_path, m) is None
+    assert load_manifest(tmp_path, "demo", "k1") == m
+    assert not list((tmp_path / "demo").glob(".*tmp*"))
+
+
+def test_failed_write_leaves_nothing_trusted(tmp_path):
+    try:
+        with ArtifactWriter(tmp_path, "demo", "k2") as out:
+            out.path("a.txt").write_text("half")
+            raise RuntimeError("killed")
+    except RuntimeError:
+        pass
+    assert not (tmp_path / "demo" / "k2").exists()
+    assert list((tmp_path / "demo").iterdir()) == []
+
+
+def test_verify_catches_missing_and_changed_files(tmp_path):
+    m = _write(tmp_path)
+    p = m.path(tmp_path, "a.txt")
+    time.sleep(0.01)
+    p.write_text("jello")  # same size, new content
+    assert "content changed" in verify(tmp_path, m)
+    p.unlink()
+    assert "missing" in verify(tmp_path, m)
+
+
+def test_identical_inputs_give_identical_manifests(tmp_path):
+    assert _write(tmp_path / "x") == _write(tmp_path / "y")
+
+
+def test_fingerprint_hashes_paths_by_content(tmp_path):
+    f = tmp_path / "domains"
+    f.write_text("a.example\n")
+    before = fingerprint(UrlFilterConfig(blocklist=f))
+    f.write_text("b.example\n")
+    assert fingerprint(UrlFilterConfig(blocklist=f)) != before
+    moved = tmp_path / "other"
+    moved.write_text("b.example\n")
+    assert fingerprint(UrlFilterConfig(blocklist=moved)) == fingerprint(UrlFilterConfig(blocklist=f))
+    assert stage_key(1, "x") != stage_key(2, "x")
+
+
+def _hold(directory: Path, seconds: float) -> None:
+    lm = FlockLockManager(directory)
+    lm.acquire_lock("k", holder="child")
+    time.sleep(seconds)  # exits without releasing: the OS must drop the lock
+
+
+def test_lock_excludes_other_processes_and_dies_with_its_holder(tmp_path):
+    p = mp.get_context("spawn").Process(target=_hold, args=(tmp_path, 1.5))
+    p.start()
+    lm = FlockLockManager(tmp_path)
+    deadline = time.monotonic() + 10
+    while not lm.is_locked("k") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lm.is_locked("k")
+    assert not lm.acquire_lock("k", holder="me", acquire_timeout=0.1)
+    p.join()
+    assert lm.acquire_lock("k", holder="me", acquire_timeout=2)
+    assert lm.is_lock_holder("k", "me")
+    lm.release_lock("k", "me")
+    assert not lm.is_locked("k")
