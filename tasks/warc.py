@@ -1,0 +1,452 @@
+"""Streaming WARC reader: a .warc.gz (one gzip member per record) or a plain .warc -> records.
+
+The file is never held in memory. A gzip WARC is walked member by member with
+`zlib.decompressobj(wbits=31)`, so each member's byte offset is known and a bad
+member costs only its own record(s):
+
+- a member that fails to inflate (bad data, CRC or length check) is counted
+  `corrupt_member` and reading resumes at the next gzip header found by scanning
+  forward for b"\\x1f\\x8b\\x08" (a damaged stretch counts once, however many false
+  headers it holds);
+- a member cut off by the end of the file is counted `truncated`.
+
+A plain WARC is split the same way by its `Content-Length` headers (a "member" is
+then one record; a bad header resumes at the next line starting "WARC/1.").
+
+Each member is inflated into a spooled buffer (RAM up to 8 MiB, then a temp file)
+and only yielded once its CRC checked, then parsed by warcio, which reads the
+HTTP headers and undoes chunked / gzip transfer encodings. Payloads are read only
+when asked for and at most `max_payload_bytes` (default 8 MiB) of them; a bigger
+payload is counted `too_large` and not materialised.
+
+Counts a reader adds to the `counts` Counter it is given: corrupt_member,
+truncated, corrupt_record (a member that inflates but is not a WARC record),
+too_large, payload_error (a payload whose transfer encoding is broken).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, Protocol
+
+from warcio.archiveiterator import ArchiveIterator
+
+log = logging.getLogger("fineflow.warc")
+
+WarcFormat = Literal["gzip", "plain"]
+PayloadStatus = Literal["ok", "not_read", "too_large", "error"]
+
+GZIP_MAGIC = b"\x1f\x8b\x08"  # gzip id bytes + CM=8 (deflate), the only method in use
+DEFAULT_MAX_PAYLOAD = 8 << 20
+_FILE_BUFFER = 1 << 20  # members are ~10-100 KB; seeking back within this buffer is free
+_READ_CHUNK = 1 << 16
+_MAX_OUT = 1 << 22  # inflate at most this much per call, so a zip bomb cannot fill RAM
+_SPOOL_BYTES = 8 << 20
+_MAX_HEADER_LINE = 1 << 16
+_MAX_HEADER_LINES = 1000
+_PLAIN_RESYNC = b"\nWARC/1."
+_CHARSET = re.compile(r"""charset\s*=\s*["']?\s*([^"';\s]+)""", re.IGNORECASE)
+
+
+class WarcFormatError(ValueError):
+    """The file is not a WARC (neither gzip members nor a plain file starting "WARC/")."""
+
+
+@dataclass(frozen=True, slots=True)
+class WarcRecord:
+    """One WARC record's headers, and its payload when it was asked for."""
+
+    offset: int  # byte offset of the gzip member (or plain record) holding this record
+    warc_type: str  # response, request, metadata, warcinfo, revisit, resource, ...
+    record_id: str  # the uuid of WARC-Record-ID, without "<urn:uuid:" and ">"
+    target_uri: str | None
+    date: str | None  # WARC-Date, as written
+    status: int | None  # HTTP status; None for records without HTTP headers
+    content_type: str | None  # lowercased mime type, no parameters
+    charset: str | None  # lowercased charset parameter of the HTTP Content-Type
+    payload: bytes | None = None  # the HTTP body (de-chunked, decoded); None unless "ok"
+    payload_status: PayloadStatus = "not_read"
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrityReport:
+    path: str
+    format: WarcFormat
+    bytes: int
+    members: int  # members (plain WARC: records) that read back intact
+    corrupt_members: int
+    truncated: bool  # the file ends inside a member
+
+
+class _Sink(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+def detect_format(path: Path) -> WarcFormat:
+    """ "gzip" or "plain"; raises WarcFormatError naming the file if it is not a WARC."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(_READ_CHUNK)
+    if not head:
+        raise WarcFormatError(f"{path}: not a WARC file (it is empty)")
+    if head.startswith(b"WARC/"):
+        return "plain"
+    if head.startswith(GZIP_MAGIC):
+        try:
+            first = zlib.decompressobj(31).decompress(head, 64)
+        except zlib.error:  # a damaged first member: the members after it may be fine
+            return "gzip"
+        if len(first) >= 5 and not first.startswith(b"WARC/"):
+            raise WarcFormatError(
+                f"{path}: gzip file, but not a WARC (it inflates to {first[:16]!r}, "
+                "expected 'WARC/')"
+            )
+        return "gzip"
+    raise WarcFormatError(
+        f"{path}: not a WARC file (starts with {head[:8]!r}; "
+        "expected gzip members or a plain file starting 'WARC/')"
+    )
+
+
+def iter_records(
+    path: Path,
+    *,
+    payload: bool = False,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
+    counts: Counter[str] | None = None,
+) -> Iterator[WarcRecord]:
+    """Every readable record of the file in order; damage is skipped and counted."""
+    path = Path(path)
+    counts = Counter() if counts is None else counts
+    fmt = detect_format(path)
+    with open(path, "rb", buffering=_FILE_BUFFER) as f:
+        for offset, data in _units(f, fmt, os.fstat(f.fileno()).st_size, counts, _spool, path):
+            try:
+                yield from _parse_unit(offset, data, payload, max_payload_bytes, counts, path)
+            finally:
+                data.close()
+
+
+def read_records_at(
+    path: Path,
+    offsets: Iterable[int],
+    *,
+    payload: bool = True,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
+    counts: Counter[str] | None = None,
+) -> Iterator[WarcRecord]:
+    """The records of the members starting at `offsets` (sorted, each once), and no others.
+
+    An offset where no intact member starts is counted `corrupt_member` (or
+    `truncated`) and skipped, like damage met while streaming.
+    """
+    path = Path(path)
+    counts = Counter() if counts is None else counts
+    fmt = detect_format(path)
+    read_one = _inflate_member if fmt == "gzip" else _copy_plain_record
+    with open(path, "rb", buffering=_FILE_BUFFER) as f:
+        for offset in sorted(set(offsets)):
+            data = _spool()
+            try:
+                status, _ = read_one(f, offset, data)
+                if status != "ok":
+                    counts["truncated" if status == "eof" else "corrupt_member"] += 1
+                    log.warning("%s: no intact member at offset %d (%s)", path, offset, status)
+                    continue
+                yield from _parse_unit(offset, data, payload, max_payload_bytes, counts, path)
+            finally:
+                data.close()
+
+
+def read_at(
+    path: Path, offset: int, *, payload: bool = True, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
+) -> list[WarcRecord]:
+    """The record(s) of the one member at `offset`; WarcFormatError if none is intact there."""
+    counts: Counter[str] = Counter()
+    records = list(
+        read_records_at(
+            path, [offset], payload=payload, max_payload_bytes=max_payload_bytes, counts=counts
+        )
+    )
+    if counts["corrupt_member"] or counts["truncated"]:
+        raise WarcFormatError(f"{path}: no intact WARC member at offset {offset}")
+    return records
+
+
+def check_integrity(path: Path) -> IntegrityReport:
+    """Inflate (or walk) the whole file once, keeping nothing, and say what is damaged."""
+    path = Path(path)
+    fmt = detect_format(path)
+    counts: Counter[str] = Counter()
+    members = 0
+    with open(path, "rb", buffering=_FILE_BUFFER) as f:
+        size = os.fstat(f.fileno()).st_size
+        for _ in _units(f, fmt, size, counts, _Discard, path):
+            members += 1
+    return IntegrityReport(
+        path=str(path),
+        format=fmt,
+        bytes=size,
+        members=members,
+        corrupt_members=counts["corrupt_member"],
+        truncated=counts["truncated"] > 0,
+    )
+
+
+# --- splitting a file into members -------------------------------------------------------
+
+
+def _spool() -> Any:
+    return tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
+
+
+class _Discard:
+    def write(self, data: bytes, /) -> int:
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
+def _units(
+    f: BinaryIO,
+    fmt: WarcFormat,
+    size: int,
+    counts: Counter[str],
+    new_sink: Callable[[], Any],
+    path: Path,
+) -> Iterator[tuple[int, Any]]:
+    """(offset, sink holding the member's bytes) for each intact member; counts the rest."""
+    if fmt == "gzip":
+        read_one, find_next = _inflate_member, _find_gzip_member
+    else:
+        read_one, find_next = _copy_plain_record, _find_plain_record
+    pos = 0
+    damaged = False  # inside a damaged stretch: it is counted once
+    while True:
+        if fmt == "plain":
+            pos = _skip_blank_lines(f, pos)
+        if pos >= size:
+            return
+        sink = new_sink()
+        status, end = read_one(f, pos, sink)
+        if status == "ok":
+            damaged = False
+            try:
+                yield pos, sink
+            finally:
+                sink.close()
+            pos = end
+            continue
+        sink.close()
+        nxt = find_next(f, pos + 1)
+        if nxt is None and status == "eof":
+            counts["truncated"] += 1
+            log.warning("%s: truncated: the member at offset %d is cut off", path, pos)
+            return
+        if not damaged:
+            # a member that "ran to EOF" but has an intact one after it was damaged, not cut
+            counts["corrupt_member"] += 1
+            log.warning("%s: corrupt member at offset %d skipped", path, pos)
+        damaged = True
+        if nxt is None:
+            return
+        pos = nxt
+
+
+def _inflate_member(f: BinaryIO, offset: int, sink: _Sink) -> tuple[str, int]:
+    """Inflate the gzip member at `offset` into `sink`: ("ok", end) | ("corrupt"|"eof", offset)."""
+    f.seek(offset)
+    head = f.read(4)
+    if len(head) < 4 or not head.startswith(GZIP_MAGIC) or head[3] & 0xE0:
+        return ("eof" if len(head) < 4 and GZIP_MAGIC.startswith(head) else "corrupt"), offset
+    f.seek(offset)
+    d = zlib.decompressobj(31)
+    pos = offset
+    while chunk := f.read(_READ_CHUNK):
+        data = chunk
+        try:
+            while data and not d.eof:
+                sink.write(d.decompress(data, _MAX_OUT))
+                data = d.unconsumed_tail
+        except zlib.error:  # bad deflate data, or the CRC32 / ISIZE trailer does not match
+            return "corrupt", offset
+        if d.eof:
+            return "ok", pos + len(chunk) - len(d.unused_data)
+        pos += len(chunk)
+    return "eof", offset
+
+
+def _find_gzip_member(f: BinaryIO, start: int) -> int | None:
+    """Offset of the next plausible gzip header at or after `start`."""
+
+    def plausible(buf: bytes, i: int) -> bool:
+        return not buf[i + 3] & 0xE0  # reserved FLG bits must be zero
+
+    return _scan(f, start, GZIP_MAGIC, 1, plausible)
+
+
+def _find_plain_record(f: BinaryIO, start: int) -> int | None:
+    hit = _scan(f, max(start - 1, 0), _PLAIN_RESYNC, 0, lambda buf, i: True)
+    return None if hit is None else hit + 1
+
+
+def _scan(
+    f: BinaryIO,
+    start: int,
+    needle: bytes,
+    extra: int,
+    accept: Callable[[bytes, int], bool],
+) -> int | None:
+    """First offset >= start where `needle` (+ `extra` bytes) occurs and `accept` agrees."""
+    f.seek(start)
+    base, buf = start, b""
+    keep = len(needle) + extra - 1
+    while chunk := f.read(_READ_CHUNK):
+        buf += chunk
+        i = buf.find(needle)
+        while i != -1 and i + len(needle) + extra <= len(buf):
+            if accept(buf, i):
+                return base + i
+            i = buf.find(needle, i + 1)
+        cut = max(len(buf) - keep, 0)
+        base, buf = base + cut, buf[cut:]
+    return None
+
+
+def _skip_blank_lines(f: BinaryIO, pos: int) -> int:
+    f.seek(pos)
+    while (line := f.readline(_MAX_HEADER_LINE)) and not line.strip():
+        pos += len(line)
+    return pos
+
+
+def _copy_plain_record(f: BinaryIO, offset: int, sink: _Sink) -> tuple[str, int]:
+    """Copy the plain record at `offset` (headers + Content-Length bytes) into `sink`."""
+    f.seek(offset)
+    first = f.readline(_MAX_HEADER_LINE)
+    if not first.startswith(b"WARC/"):
+        return ("eof" if b"WARC/".startswith(first) else "corrupt"), offset
+    lines, length = [first], None
+    while True:
+        line = f.readline(_MAX_HEADER_LINE)
+        if not line.endswith(b"\n"):
+            return ("eof" if len(line) < _MAX_HEADER_LINE else "corrupt"), offset
+        lines.append(line)
+        if not line.strip():
+            break
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            try:
+                length = int(value.strip())
+            except ValueError:
+                return "corrupt", offset
+        if len(lines) > _MAX_HEADER_LINES:
+            return "corrupt", offset
+    if length is None or length < 0:
+        return "corrupt", offset
+    sink.write(b"".join(lines))
+    left = length
+    while left:
+        chunk = f.read(min(left, _READ_CHUNK))
+        if not chunk:
+            return "eof", offset
+        sink.write(chunk)
+        left -= len(chunk)
+    sink.write(b"\r\n\r\n")  # the record separator, so warcio reads a well-formed record
+    return "ok", f.tell()
+
+
+# --- parsing one member ------------------------------------------------------------------
+
+
+def _parse_unit(
+    offset: int,
+    data: Any,
+    payload: bool,
+    max_payload_bytes: int,
+    counts: Counter[str],
+    path: Path,
+) -> list[WarcRecord]:
+    data.seek(0)
+    records: list[WarcRecord] = []
+    try:
+        for rec in ArchiveIterator(data):
+            records.append(_to_record(offset, rec, payload, max_payload_bytes, counts))
+    except Exception as exc:  # warcio raises several types for a malformed record
+        counts["corrupt_record"] += 1
+        log.warning("%s: unreadable WARC record at offset %d: %s", path, offset, exc)
+    return records
+
+
+def _to_record(
+    offset: int, rec: Any, payload: bool, max_payload_bytes: int, counts: Counter[str]
+) -> WarcRecord:
+    h = rec.rec_headers
+    http = rec.http_headers
+    status = None
+    ctype_header = None
+    if http is not None:
+        try:
+            status = int(http.get_statuscode())
+        except (TypeError, ValueError):
+            status = None
+        ctype_header = http.get_header("Content-Type")
+        # Common Crawl's detected type stands in for a missing Content-Type header
+        ctype_header = ctype_header or h.get_header("WARC-Identified-Payload-Type")
+    elif rec.rec_type not in ("response", "revisit", "request"):
+        ctype_header = h.get_header("Content-Type")
+    content_type, charset = _split_content_type(ctype_header)
+    body, body_status = None, "not_read"
+    if payload:
+        body, body_status = _read_payload(rec, max_payload_bytes, counts)
+    return WarcRecord(
+        offset=offset,
+        warc_type=rec.rec_type or "",
+        record_id=_bare_uuid(h.get_header("WARC-Record-ID") or ""),
+        target_uri=h.get_header("WARC-Target-URI"),
+        date=h.get_header("WARC-Date"),
+        status=status,
+        content_type=content_type,
+        charset=charset,
+        payload=body,
+        payload_status=body_status,
+    )
+
+
+def _read_payload(rec: Any, cap: int, counts: Counter[str]) -> tuple[bytes | None, PayloadStatus]:
+    try:
+        stream = rec.content_stream()
+        parts, got = [], 0
+        # warcio's readers may return short reads before the end: loop until EOF or cap
+        while got <= cap and (chunk := stream.read(min(cap + 1 - got, _READ_CHUNK))):
+            parts.append(chunk)
+            got += len(chunk)
+    except Exception:  # a broken chunked / gzip transfer encoding inside the record
+        counts["payload_error"] += 1
+        return None, "error"
+    if got > cap:
+        counts["too_large"] += 1
+        return None, "too_large"
+    return b"".join(parts), "ok"
+
+
+def _split_content_type(value: str | None) -> tuple[str | None, str | None]:
+    if not value:
+        return None, None
+    mime = value.split(";", 1)[0].strip().lower() or None
+    m = _CHARSET.search(value)
+    return mime, (m.group(1).lower() if m else None)
+
+
+def _bare_uuid(record_id: str) -> str:
+    rid = record_id.strip().removeprefix("<").removesuffix(">")
+    return rid.removeprefix("urn:uuid:")
