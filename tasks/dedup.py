@@ -1,0 +1,279 @@
+"""dedup: all WARCs' docs.parquet + signatures.parquet -> `corpus.duckdb`, one doc per cluster.
+
+Corpus stage. DuckDB loads the band keys of all WARCs and groups them by (band, key):
+every document of a group with more than one member gets an edge to the group's first
+document. Union-find over those edges (only documents with a candidate duplicate ever
+enter Python) makes the clusters; each cluster keeps its first document in corpus order
+(WARC order as given, then row order within the WARC) and drops the rest. Candidates
+are not re-verified by exact Jaccard: a pair sharing a band is likely above ~0.7 similar
+(14 bands x 8 rows, FineWeb's setting; see tasks/minhash.py).
+
+corpus.duckdb: tables `documents` and `dedup_stats` (see storage/catalog.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from prefect import task
+
+from fineflow.config import DedupConfig
+from storage import catalog
+from storage.artifacts import ArtifactWriter, Manifest, stage_key
+
+STAGE_VERSION = 1
+CORPUS_DB = "corpus.duckdb"
+_EDGE_BATCH = 1 << 16
+_READ_WINDOW = 8192  # ordinals per range query in iter_kept_*: bounded sorts, zonemap-pruned
+
+log = logging.getLogger("fineflow.dedup")
+
+
+class CorpusMismatch(ValueError):
+    """The docs and signature artifacts do not describe the same documents."""
+
+
+def clusters_from_edges(edges: Iterable[tuple[int, int]]) -> dict[int, int]:
+    """Union-find: each node that appears in an edge -> the smallest node of its component."""
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        parent.setdefault(x, x)
+        while (p := parent[x]) != x:
+            parent[x] = parent[p]  # path halving keeps chains short
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            # The smaller root wins, so a component's root is always its first document.
+            parent[max(ra, rb)] = min(ra, rb)
+    return {x: find(x) for x in parent}
+
+
+def _fail_on_rows(con: duckdb.DuckDBPyConnection, sql: str, message: str) -> None:
+    rows = con.execute(sql + " LIMIT 5").fetchall()
+    if rows:
+        examples = ", ".join(" / ".join(str(v) for v in r) for r in rows)
+        raise CorpusMismatch(f"{message}; e.g. {examples}")
+
+
+def _load_ids(con: duckdb.DuckDBPyConnection, files: list[tuple[str, Path, Path]]) -> None:
+    """Temp tables files, doc_ids(warc_index, row, id, ordinal), bands(ordinal, band, key).
+
+    Checks on the way that ids are unique and that docs and signatures name the same
+    documents, WARC by WARC. Only id columns are read until then: Parquet projection
+    leaves the texts on disk.
+    """
+    con.execute(
+        "CREATE TEMP TABLE files (warc_index INTEGER, warc VARCHAR, docs VARCHAR, sigs VARCHAR)"
+    )
+    con.executemany(
+        "INSERT INTO files VALUES (?, ?, ?, ?)",
+        [(i, warc, str(d), str(s)) for i, (warc, d, s) in enumerate(files)],
+    )
+    sigs = {"sigs": [str(s) for _, _, s in files]}
+    con.execute(
+        """
+        CREATE TEMP TABLE doc_ids AS
+        SELECT f.warc_index, d.file_row_number AS row, d.id,
+               row_number() OVER (ORDER BY f.warc_index, d.file_row_number) - 1 AS ordinal
+        FROM read_parquet($docs, filename = true, file_row_number = true) d
+        JOIN files f ON d.filename = f.docs
+        """,
+        {"docs": [str(d) for _, d, _ in files]},
+    )
+    _fail_on_rows(
+        con,
+        "SELECT id, count(*) FROM doc_ids GROUP BY id HAVING count(*) > 1 ORDER BY id",
+        "document ids are not unique across the corpus (id / copies)",
+    )
+    con.execute(
+        """
+        CREATE TEMP TABLE sig_ids AS
+        SELECT DISTINCT f.warc_index, s.id
+        FROM read_parquet($sigs, filename = true) s JOIN files f ON s.filename = f.sigs
+        """,
+        sigs,
+    )
+    _fail_on_rows(
+        con,
+        """SELECT f.warc, s.id FROM sig_ids s JOIN files f USING (warc_index)
+           ANTI JOIN doc_ids d ON d.warc_index = s.warc_index AND d.id = s.id ORDER BY 1, 2""",
+        "signatures name documents missing from the same WARC's docs (warc / id)",
+    )
+    _fail_on_rows(
+        con,
+        """SELECT f.warc, d.id FROM doc_ids d JOIN files f USING (warc_index)
+           ANTI JOIN sig_ids s ON s.warc_index = d.warc_index AND s.id = d.id ORDER BY 1, 2""",
+        "documents without signatures (warc / id)",
+    )
+    con.execute("DROP TABLE sig_ids")
+    # Band keys by ordinal: three numbers a row, however long the ids are.
+    con.execute(
+        """
+        CREATE TEMP TABLE bands AS
+        SELECT d.ordinal, s.band, s.key
+        FROM read_parquet($sigs, filename = true) s JOIN files f ON s.filename = f.sigs
+        JOIN doc_ids d ON d.warc_index = f.warc_index AND d.id = s.id
+        """,
+        sigs,
+    )
+
+
+def _edges(con: duckdb.DuckDBPyConnection) -> Iterator[tuple[int, int]]:
+    """(document, first document of a shared band bucket), as ordinals; streamed."""
+    reader = con.sql(
+        """
+        WITH g AS (SELECT band, key, min(ordinal) AS root FROM bands
+                   GROUP BY band, key HAVING count(*) > 1)
+        SELECT DISTINCT b.ordinal, g.root FROM bands b JOIN g USING (band, key)
+        WHERE b.ordinal <> g.root
+        """
+    ).to_arrow_reader(_EDGE_BATCH)
+    for batch in reader:
+        yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
+
+
+def dedup_corpus(files: list[tuple[str, Path, Path]], db_path: Path) -> dict[str, int]:
+    """Build the corpus database from (warc name, docs.parquet, signatures.parquet) triples."""
+    with catalog.connect(db_path) as con:
+        catalog.create_corpus_tables(con)
+        _load_ids(con, files)
+        root_of = clusters_from_edges(_edges(con))
+        sizes = Counter(root_of.values())
+        members = np.fromiter(root_of.keys(), dtype=np.int64, count=len(root_of))
+        roots = np.fromiter(root_of.values(), dtype=np.int64, count=len(root_of))
+        clusters = pa.table(
+            {
+                "ordinal": members,
+                "root": roots,
+                "size": np.array([sizes[r] for r in roots.tolist()], dtype=np.int32),
+            }
+        )
+        con.register("clusters_arrow", clusters)
+        con.execute("CREATE TEMP TABLE clusters AS SELECT * FROM clusters_arrow")
+        con.unregister("clusters_arrow")
+        del root_of, members, roots, clusters
+        for i, (_, docs_path, _) in enumerate(files):
+            # One WARC at a time: the sort by row stays small and the table is stored in
+            # corpus order, which iter_kept_texts' ordinal windows rely on for speed.
+            con.execute(
+                """
+                INSERT INTO documents
+                SELECT d.id, i.ordinal, d.url, d.host, d.warc, CAST(d.date AS VARCHAR), d.text,
+                       d.length, coalesce(r.id, d.id), coalesce(c.size, 1),
+                       c.root IS NULL OR c.root = i.ordinal
+                FROM read_parquet($path, file_row_number = true) d
+                JOIN doc_ids i ON i.warc_index = $w AND i.row = d.file_row_number
+                LEFT JOIN clusters c ON c.ordinal = i.ordinal
+                LEFT JOIN doc_ids r ON r.ordinal = c.root
+                ORDER BY i.ordinal
+                """,
+                {"path": str(docs_path), "w": i},
+            )
+        con.execute(
+            """
+            INSERT INTO dedup_stats
+            SELECT f.warc_index, f.warc, count(d.id), count(d.id) FILTER (WHERE d.keep),
+                   count(d.id) FILTER (WHERE NOT d.keep)
+            FROM files f LEFT JOIN doc_ids i USING (warc_index)
+            LEFT JOIN documents d ON d.ordinal = i.ordinal
+            GROUP BY f.warc_index, f.warc ORDER BY f.warc_index
+            """
+        )
+        docs, kept = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE keep) FROM documents"
+        ).fetchone()
+        n_clusters = con.execute(
+            "SELECT count(DISTINCT cluster_id) FROM documents WHERE cluster_size > 1"
+        ).fetchone()[0]
+        largest = con.execute("SELECT coalesce(max(cluster_size), 0) FROM documents").fetchone()[0]
+    return {
+        "docs": docs,
+        "kept": kept,
+        "dropped_duplicate": docs - kept,
+        "clusters": n_clusters,
+        "largest_cluster": largest,
+    }
+
+
+def _iter_kept(
+    db_path: Path, columns: str, batch: int, limit: int | None
+) -> Iterator[list[tuple[Any, ...]]]:
+    if batch < 1:
+        raise ValueError("batch must be at least 1")
+    left = limit if limit is not None else -1
+    pending: list[tuple[Any, ...]] = []
+    with catalog.connect(db_path, read_only=True) as con:
+        end = con.execute("SELECT coalesce(max(ordinal) + 1, 0) FROM documents").fetchone()[0]
+        for lo in range(0, end, _READ_WINDOW):
+            if left == 0:
+                break
+            cur = con.execute(
+                f"SELECT {columns} FROM documents WHERE keep AND ordinal >= ? AND ordinal < ?"
+                " ORDER BY ordinal" + (" LIMIT ?" if left > 0 else ""),
+                [lo, lo + _READ_WINDOW] + ([left] if left > 0 else []),
+            )
+            while rows := cur.fetchmany(batch - len(pending)):
+                pending.extend(rows)
+                if left > 0:
+                    left -= len(rows)
+                if len(pending) == batch:
+                    yield pending
+                    pending = []
+    if pending:
+        yield pending
+
+
+def iter_kept_texts(
+    db_path: Path, batch: int = 1000, limit: int | None = None
+) -> Iterator[list[tuple[str, str]]]:
+    """(id, text) of kept documents in corpus order, `batch` at a time (the last may be short)."""
+    yield from _iter_kept(db_path, "id, text", batch, limit)
+
+
+def iter_kept_ids(db_path: Path, batch: int = 10_000) -> Iterator[list[str]]:
+    """Ids of kept documents in corpus order, `batch` at a time; the texts stay on disk."""
+    for rows in _iter_kept(db_path, "id", batch, None):
+        yield [r[0] for r in rows]
+
+
+@task(name="dedup")
+def dedup_docs(
+    root: str, docs: list[Manifest], signatures: list[Manifest], cfg: DedupConfig
+) -> Manifest:
+    """Near-duplicate clusters over the whole corpus; keeps each cluster's first document."""
+    if len(docs) != len(signatures):
+        raise CorpusMismatch(f"{len(docs)} docs manifests, {len(signatures)} signature manifests")
+    for d, s in zip(docs, signatures, strict=True):
+        if d.warc != s.warc:
+            raise CorpusMismatch(f"docs and signatures out of step: {d.warc} vs {s.warc}")
+    base = Path(root)
+    files = [
+        (d.warc or d.key, d.path(base, "docs.parquet"), s.path(base, "signatures.parquet"))
+        for d, s in zip(docs, signatures, strict=True)
+    ]
+    key = stage_key(STAGE_VERSION, docs, signatures, cfg)
+    t0 = time.perf_counter()
+    with ArtifactWriter(base, "dedup", key) as out:
+        counts = dedup_corpus(files, out.path(CORPUS_DB))  # connection closed on return
+        log.info(
+            "dedup: %d docs, %d kept, %d dropped in %d clusters (%.1fs)",
+            counts["docs"],
+            counts["kept"],
+            counts["dropped_duplicate"],
+            counts["clusters"],
+            time.perf_counter() - t0,
+        )
+        largest = counts.pop("largest_cluster")
+        return out.commit(cfg, counts=counts, stats={"largest_cluster": largest})

@@ -1,0 +1,262 @@
+"""shard: kept documents + tokenizer.json -> `train_NNNNNN.bin`, `val_NNNNNN.bin` token shards.
+
+Corpus stage. Documents are read in corpus order, `batch_docs` at a time, encoded in
+batches (tiktoken where installed and agreeing with HF on the first batch, ~2x faster;
+else HF's multi-threaded `encode_batch`), each preceded by `<|endoftext|>` (a literal
+"<|endoftext|>" inside a text stays text), and streamed into shards of exactly
+`shard_tokens` tokens (the last of each split is shorter; documents may span two shards).
+A document goes to val iff blake2b(id) / 2^64 < val_fraction (default 0.05), so the split
+depends on nothing but the id; with two or more documents each split gets at least one.
+
+Shard layout (llm.c): header of 256 little-endian int32 = [20240520, version, n_tokens,
+0, ...], then n_tokens tokens: version 1 = uint16 (vocab <= 65536), version 2 = uint32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from tokenizers import Tokenizer
+
+from fineflow.config import ShardConfig
+from storage.artifacts import ArtifactWriter, Manifest, stage_key
+from tasks.dedup import CORPUS_DB, iter_kept_ids, iter_kept_texts
+from tasks.tokenizer import (
+    EOT,
+    TOKENIZER_JSON,
+    Encoder,
+    hf_encoder,
+    load_tokenizer,
+    tiktoken_encoder,
+)
+
+STAGE_VERSION = 1
+MAGIC = 20240520
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+_DTYPES = {1: np.dtype("<u2"), 2: np.dtype("<u4")}
+
+log = logging.getLogger("fineflow.shard")
+
+
+def shard_version(vocab_size: int) -> int:
+    """1 (uint16 tokens) when every id fits 16 bits, else 2 (uint32)."""
+    return 1 if vocab_size <= 1 << 16 else 2
+
+
+def write_shard(path: Path, tokens: np.ndarray, vocab_size: int) -> None:
+    """Write `tokens` (ids < vocab_size) as one llm.c shard."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or tokens.size == 0:
+        raise ValueError(f"{path}: a shard holds a non-empty 1-d token array, got {tokens.shape}")
+    if tokens.size >= 1 << 31:
+        raise ValueError(f"{path}: {tokens.size} tokens do not fit the int32 header")
+    if tokens.dtype.kind not in "iu" or tokens.min() < 0 or tokens.max() >= vocab_size:
+        raise ValueError(f"{path}: tokens must be integer ids in [0, {vocab_size})")
+    version = shard_version(vocab_size)
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = (MAGIC, version, tokens.size)
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype(_DTYPES[version], copy=False).tobytes())
+
+
+def read_shard(path: Path) -> np.memmap:
+    """The tokens of an llm.c shard, memory-mapped read-only; checks magic, version and size."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size < HEADER_BYTES:
+        raise ValueError(f"{path}: {size} bytes, shorter than the {HEADER_BYTES}-byte header")
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    magic, version, n = (int(v) for v in header[:3])
+    if magic != MAGIC:
+        raise ValueError(f"{path}: magic {magic}, expected {MAGIC}: not a token shard")
+    if version not in _DTYPES:
+        raise ValueError(f"{path}: unknown shard version {version} (known: 1 uint16, 2 uint32)")
+    dtype = _DTYPES[version]
+    if n <= 0 or size != HEADER_BYTES + n * dtype.itemsize:
+        raise ValueError(
+            f"{path}: header says {n} tokens of {dtype.itemsize} bytes, file has "
+            f"{size - HEADER_BYTES} bytes after the header (truncated or corrupt)"
+        )
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(n,))
+
+
+def id_fraction(doc_id: str) -> float:
+    """A stable pseudo-random number in [0, 1) for a document id."""
+    digest = hashlib.blake2b(doc_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which documents go to val: by id hash, with one forced each way when a split is empty."""
+
+    val_fraction: float
+    force_val: str | None = None
+    force_train: str | None = None
+
+    @classmethod
+    def plan(cls, ids: Iterable[str], val_fraction: float) -> Split:
+        """One pass over all ids (no texts) to find the fallbacks for an empty split."""
+        n = n_val = 0
+        lowest: tuple[float, str] | None = None
+        highest: tuple[float, str] | None = None
+        for doc_id in ids:
+            u = (id_fraction(doc_id), doc_id)
+            n += 1
+            n_val += u[0] < val_fraction
+            lowest = u if lowest is None or u < lowest else lowest
+            highest = u if highest is None or u > highest else highest
+        if n < 2 or lowest is None or highest is None:
+            return cls(val_fraction)
+        if n_val == 0:
+            return cls(val_fraction, force_val=lowest[1])
+        if n_val == n:
+            return cls(val_fraction, force_train=highest[1])
+        return cls(val_fraction)
+
+    def is_val(self, doc_id: str) -> bool:
+        if doc_id == self.force_val:
+            return True
+        if doc_id == self.force_train:
+            return False
+        return id_fraction(doc_id) < self.val_fraction
+
+
+class ShardStream:
+    """Appends tokens to `<prefix>_NNNNNN.bin` files of exactly `shard_tokens` tokens each."""
+
+    def __init__(
+        self, path_for: Callable[[str], Path], prefix: str, shard_tokens: int, vocab_size: int
+    ) -> None:
+        self.path_for, self.prefix, self.vocab_size = path_for, prefix, vocab_size
+        # The only token buffer: one shard, never the corpus.
+        self.buffer = np.empty(shard_tokens, dtype=_DTYPES[shard_version(vocab_size)])
+        self.fill = 0
+        self.shards = 0
+        self.tokens = 0
+        self.docs = 0
+
+    def add(self, tokens: np.ndarray, docs: int) -> None:
+        self.docs += docs
+        self.tokens += tokens.size
+        while tokens.size:
+            take = min(tokens.size, self.buffer.size - self.fill)
+            self.buffer[self.fill : self.fill + take] = tokens[:take]
+            self.fill += take
+            tokens = tokens[take:]
+            if self.fill == self.buffer.size:
+                self._flush()
+
+    def close(self) -> None:
+        if self.fill:
+            self._flush()
+
+    def _flush(self) -> None:
+        name = f"{self.prefix}_{self.shards:06d}.bin"
+        write_shard(self.path_for(name), self.buffer[: self.fill], self.vocab_size)
+        self.shards += 1
+        self.fill = 0
+
+
+def encode_docs(encode: Encoder, texts: list[str], eot_id: int) -> np.ndarray:
+    """[eot, doc 0 tokens..., eot, doc 1 tokens..., ...] as one int64 array."""
+    ids = encode(texts)
+    total = sum(map(len, ids)) + len(ids)
+    return np.fromiter(chain.from_iterable([eot_id, *d] for d in ids), dtype=np.int64, count=total)
+
+
+def _sample(batch: list[tuple[str, str]], chars: int = 1 << 18) -> list[str]:
+    """The first documents of a batch, about `chars` of them: what the encoder check reads."""
+    out: list[str] = []
+    for _, text in batch:
+        out.append(text)
+        chars -= len(text)
+        if chars <= 0:
+            break
+    return out
+
+
+def pick_encoder(tokenizer: Tokenizer, sample: list[str]) -> tuple[Encoder, str]:
+    """tiktoken where it is installed and agrees with HF on `sample`, else HF."""
+    hf = hf_encoder(tokenizer)
+    fast = tiktoken_encoder(tokenizer)
+    if fast is None:
+        return hf, "hf"
+    if fast(sample) != hf(sample):
+        log.warning("tiktoken and HF disagree on the first batch: encoding with HF (slower)")
+        return hf, "hf"
+    return fast, "tiktoken"
+
+
+def shard_corpus(
+    db_path: Path, tokenizer_path: Path, path_for: Callable[[str], Path], cfg: ShardConfig
+) -> tuple[dict[str, int], dict[str, float | int | str]]:
+    """Tokenize every kept document into train/val shards; returns (counts, stats)."""
+    tok = load_tokenizer(tokenizer_path)
+    eot_id = tok.token_to_id(EOT)
+    if eot_id is None:
+        raise ValueError(f"{tokenizer_path}: no {EOT} token")
+    vocab_size = tok.get_vocab_size()
+    split = Split.plan(chain.from_iterable(iter_kept_ids(db_path)), cfg.val_fraction)
+    batches = iter_kept_texts(db_path, batch=cfg.batch_docs)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError(f"{db_path}: no kept documents to shard")
+    encode, encoder = pick_encoder(tok, _sample(first))
+    train = ShardStream(path_for, "train", cfg.shard_tokens, vocab_size)
+    val = ShardStream(path_for, "val", cfg.shard_tokens, vocab_size)
+    t0, n_bytes = time.perf_counter(), 0
+    for batch in chain([first], batches):
+        in_val = [split.is_val(doc_id) for doc_id, _ in batch]
+        for stream, want_val in ((train, False), (val, True)):
+            texts = [text for (_, text), v in zip(batch, in_val, strict=True) if v == want_val]
+            if texts:
+                stream.add(encode_docs(encode, texts, eot_id), len(texts))
+                n_bytes += sum(len(t.encode()) for t in texts)
+    train.close()
+    val.close()
+    dt = time.perf_counter() - t0
+    log.info(
+        "shard: %d train + %d val tokens from %.1f MB of text in %.1fs (%.2f MB/s, %s)",
+        train.tokens,
+        val.tokens,
+        n_bytes / 1e6,
+        dt,
+        n_bytes / 1e6 / max(dt, 1e-9),
+        encoder,
+    )
+    counts = {
+        "train_tokens": train.tokens,
+        "val_tokens": val.tokens,
+        "train_docs": train.docs,
+        "val_docs": val.docs,
+        "shards": train.shards + val.shards,
+    }
+    stats: dict[str, float | int | str] = {
+        "vocab_size": vocab_size,
+        "eot_id": eot_id,
+        "token_dtype": _DTYPES[shard_version(vocab_size)].name,
+    }  # not the encoder: both give the same tokens, and stats must not depend on the machine
+    return counts, stats
+
+
+@task(name="shard")
+def shard_tokens(root: str, corpus: Manifest, tokenizer: Manifest, cfg: ShardConfig) -> Manifest:
+    """Token shards of the kept documents, split into train and val by document id."""
+    key = stage_key(STAGE_VERSION, corpus, tokenizer, cfg)
+    base = Path(root)
+    with ArtifactWriter(base, "shard", key) as out:
+        counts, stats = shard_corpus(
+            corpus.path(base, CORPUS_DB), tokenizer.path(base, TOKENIZER_JSON), out.path, cfg
+        )
+        return out.commit(cfg, counts=counts, stats=stats)
