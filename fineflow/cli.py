@@ -76,8 +76,10 @@ def _describe_errors(err: ValidationError) -> str:
 
 def print_summary(result, cfg: PipelineConfig, seconds: float) -> None:
     ran = sum(1 for line in result.lines if line.ran)
-    print(f"\nfineflow: {len(result.lines)} stages, {ran} ran, "
-          f"{len(result.lines) - ran} cached, {seconds:.1f}s in all")
+    print(
+        f"\nfineflow: {len(result.lines)} stages, {ran} ran, "
+        f"{len(result.lines) - ran} cached, {seconds:.1f}s in all"
+    )
     print(f"{'stage':<11} {'status':<10} {'seconds':>8}  key figure")
     for line in result.lines:
         print(line)

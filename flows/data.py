@@ -45,21 +45,29 @@ def build_corpus(cfg: PipelineConfig) -> CorpusResult:
 
     # Submit the whole per-WARC chain at once so WARC 2 downloads while WARC 1 extracts.
     stop = cfg.stop_after
-    chain = {"download": staged(download_warc, cfg, "download").map(
-        unmapped(root), sources, unmapped(cfg.download))}
+    chain = {
+        "download": staged(download_warc, cfg, "download").map(
+            unmapped(root), sources, unmapped(cfg.download)
+        )
+    }
     if stop != "download":
         chain["url_filter"] = staged(filter_urls, cfg, "url_filter").map(
-            unmapped(root), chain["download"], unmapped(cfg.url_filter))
+            unmapped(root), chain["download"], unmapped(cfg.url_filter)
+        )
     if stop not in ("download", "url_filter"):
         chain["extract"] = staged(extract_text, cfg, "extract").map(
-            unmapped(root), chain["download"], chain["url_filter"], unmapped(cfg.extract))
+            unmapped(root), chain["download"], chain["url_filter"], unmapped(cfg.extract)
+        )
     if stop not in ("download", "url_filter", "extract"):
         chain["minhash"] = staged(minhash_docs, cfg, "minhash").map(
-            unmapped(root), chain["extract"], unmapped(cfg.minhash))
+            unmapped(root), chain["extract"], unmapped(cfg.minhash)
+        )
     done = {stage: clock.finish(stage, list(futures)) for stage, futures in chain.items()}
     if "minhash" not in done or stop == "minhash":
         return CorpusResult(None, clock.lines)
 
-    dedup = staged(dedup_docs, cfg, "dedup").submit(root, done["extract"], done["minhash"], cfg.dedup)
+    dedup = staged(dedup_docs, cfg, "dedup").submit(
+        root, done["extract"], done["minhash"], cfg.dedup
+    )
     corpus = clock.finish("dedup", [dedup])[0]
     return CorpusResult(corpus, clock.lines)

@@ -45,7 +45,6 @@ class StageClock:
         results = [f.result() for f in futures]  # raises the stage's error, naming the task
         now = time.monotonic()
         cached = sum(f.state.name == "Cached" for f in futures)
-        manifests = [m for r in results for m in (r if isinstance(r, list) else [r])]
         self.lines.append(
             StageLine(stage, len(futures) - cached, cached, now - self.last, figure(stage, results))
         )
@@ -68,19 +67,25 @@ def figure(stage: str, results: list) -> str:
     if stage == "url_filter":
         dropped = sum(v for m in ms for k, v in m.counts.items() if k.startswith("dropped_block"))
         dropped += _total(ms, "dropped_banned_word")
-        return f"{_total(ms, 'kept')} of {_total(ms, 'total')} responses kept, {dropped} blocklisted"
+        return (
+            f"{_total(ms, 'kept')} of {_total(ms, 'total')} responses kept, {dropped} blocklisted"
+        )
     if stage == "extract":
         return f"{_total(ms, 'kept')} docs kept of {_total(ms, 'total')} pages"
     if stage == "minhash":
         return f"{_total(ms, 'docs')} documents signed"
     m = ms[0]
     if stage == "dedup":
-        return f"{m.counts['kept']} docs kept, {m.counts['dropped_duplicate']} removed as duplicates"
+        return (
+            f"{m.counts['kept']} docs kept, {m.counts['dropped_duplicate']} removed as duplicates"
+        )
     if stage == "tokenizer":
         return f"vocab size {m.stats['vocab_size']}"
     if stage == "shard":
         c = m.counts
-        return f"{c['train_tokens']:,} train + {c['val_tokens']:,} val tokens in {c['shards']} shards"
+        return (
+            f"{c['train_tokens']:,} train + {c['val_tokens']:,} val tokens in {c['shards']} shards"
+        )
     if stage == "train":
         return (
             f"{m.counts['steps']} steps, train loss {m.stats['first_train_loss']:.3f} -> "

@@ -37,8 +37,11 @@ def train_on_corpus(cfg: PipelineConfig, corpus: Manifest) -> ModelResult:
         ("tokenizer", train_tokenizer, lambda: (corpus, cfg.tokenizer)),
         ("shard", shard_tokens, lambda: (corpus, out["tokenizer"], cfg.shard)),
         ("train", train_model, lambda: (out["shard"], out["tokenizer"], cfg.train)),
-        ("evaluate", evaluate_model,
-         lambda: (out["train"], out["shard"], out["tokenizer"], cfg.evaluate)),
+        (
+            "evaluate",
+            evaluate_model,
+            lambda: (out["train"], out["shard"], out["tokenizer"], cfg.evaluate),
+        ),
     )
     for stage, task, args in steps:
         future = staged(task, cfg, stage).submit(root, *args())

@@ -11,6 +11,7 @@ place; the manifest's `fingerprint` is the content hash of what was written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -49,6 +50,19 @@ class Manifest(BaseModel):
     config_fingerprint: str
     counts: dict[str, int] = {}
     stats: dict[str, float | int | str] = {}
+
+    def cache_identity(self) -> dict[str, str | None]:
+        """What a downstream cache key sees: which artifact, and what it holds.
+
+        File hashes are left out on purpose: they only prove integrity (see `verify`),
+        and an artifact rebuilt with the same content must not rerun everything after it.
+        """
+        return {
+            "stage": self.stage,
+            "key": self.key,
+            "warc": self.warc,
+            "fingerprint": self.fingerprint,
+        }
 
     @property
     def dir(self) -> str:
@@ -103,9 +117,18 @@ class ArtifactWriter:
         config: BaseModel | None,
         counts: dict[str, int] | None = None,
         stats: dict[str, float | int | str] | None = None,
+        content: str | None = None,
     ) -> Manifest:
+        """Hash the files, write manifest.json, move the directory into place.
+
+        `content` stands in for the file hashes as the artifact's fingerprint when the
+        bytes are not reproducible but the meaning is (a DuckDB file carries random
+        header bytes): give a digest of what the files hold.
+        """
         files = tuple(
-            FileEntry(path=str(p.relative_to(self.tmp)), bytes=p.stat().st_size, sha256=file_sha256(p))
+            FileEntry(
+                path=str(p.relative_to(self.tmp)), bytes=p.stat().st_size, sha256=file_sha256(p)
+            )
             for p in sorted(self.tmp.rglob("*"))
             if p.is_file()
         )
@@ -114,7 +137,7 @@ class ArtifactWriter:
             key=self.key,
             warc=self.warc,
             files=files,
-            fingerprint=fingerprint([(f.path, f.sha256) for f in files]),
+            fingerprint=content or fingerprint([(f.path, f.sha256) for f in files]),
             config_fingerprint=fingerprint(config),
             counts=counts or {},
             stats=stats or {},
@@ -176,7 +199,5 @@ def _remember_verified(base: Path, manifest: Manifest) -> None:
     for f in manifest.files:
         st = (base / f.path).stat()
         seen[f.path] = [st.st_size, st.st_mtime_ns]
-    try:
+    with contextlib.suppress(OSError):  # a read-only store still verifies, only slower
         _write_json_atomic(base / _VERIFIED_NAME, seen)
-    except OSError:  # a read-only store still verifies, only more slowly
-        pass

@@ -36,6 +36,8 @@ def file_sha256(path: Path) -> str:
 
 
 def _canonical(obj: Any) -> Any:
+    if hasattr(obj, "cache_identity"):  # manifests: content, not incidental bytes
+        return {"__artifact__": _canonical(obj.cache_identity())}
     if isinstance(obj, BaseModel):
         return {"__model__": type(obj).__name__, **_canonical(obj.model_dump(mode="python"))}
     if isinstance(obj, Path):

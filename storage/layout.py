@@ -1,11 +1,11 @@
 """Every path under the data root, in one place.
 
-    <data_root>/
-      <stage>/<key>/…         artifacts, one directory per stage input fingerprint
-      <stage>/.<key>.tmp-*    unfinished writes (never trusted, removed on rewrite)
-      _prefect/results/       Prefect result records (the task cache), beside the data
-      _prefect/locks/         per-cache-key locks for overlapping runs
-      report.md               the last run's report (a copy of the evaluate artifact's)
+<data_root>/
+  <stage>/<key>/…         artifacts, one directory per stage input fingerprint
+  <stage>/.<key>.tmp-*    unfinished writes (never trusted, removed on rewrite)
+  _prefect/results/       Prefect result records (the task cache), beside the data
+  _prefect/locks/         per-cache-key locks for overlapping runs
+  report.md               the last run's report (a copy of the evaluate artifact's)
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from prefect import task
 from fineflow.config import DedupConfig
 from storage import catalog
 from storage.artifacts import ArtifactWriter, Manifest, stage_key
+from storage.fingerprint import fingerprint
 
 STAGE_VERSION = 1
 CORPUS_DB = "corpus.duckdb"
@@ -198,7 +199,12 @@ def dedup_corpus(files: list[tuple[str, Path, Path]], db_path: Path) -> dict[str
             "SELECT count(DISTINCT cluster_id) FROM documents WHERE cluster_size > 1"
         ).fetchone()[0]
         largest = con.execute("SELECT coalesce(max(cluster_size), 0) FROM documents").fetchone()[0]
+        decisions = con.execute(
+            "SELECT md5(string_agg(id || ':' || keep || ':' || cluster_id, ',' ORDER BY ordinal))"
+            " FROM documents"
+        ).fetchone()[0]
     return {
+        "decisions_md5": decisions,
         "docs": docs,
         "kept": kept,
         "dropped_duplicate": docs - kept,
@@ -276,4 +282,7 @@ def dedup_docs(
             time.perf_counter() - t0,
         )
         largest = counts.pop("largest_cluster")
-        return out.commit(cfg, counts=counts, stats={"largest_cluster": largest})
+        # corpus.duckdb's bytes differ run to run; what it holds is the input documents
+        # plus the keep/cluster decisions, so that is its fingerprint.
+        content = fingerprint([d.fingerprint for d in docs], counts.pop("decisions_md5"))
+        return out.commit(cfg, counts=counts, stats={"largest_cluster": largest}, content=content)

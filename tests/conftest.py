@@ -21,7 +21,13 @@ def prefect_server(tmp_path_factory):
     from prefect.testing.utilities import prefect_test_harness
 
     results = tmp_path_factory.mktemp("prefect-results")
-    with temporary_settings(
-        {PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(results), PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
-    ), prefect_test_harness(server_startup_timeout=60):
+    with (
+        temporary_settings(
+            {
+                PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(results),
+                PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+            }
+        ),
+        prefect_test_harness(server_startup_timeout=60),
+    ):
         yield

@@ -70,8 +70,17 @@ def statuses(result) -> dict[str, str]:
     return {line.stage: line.status for line in result.lines}
 
 
-ALL = ["download", "url_filter", "extract", "minhash", "dedup", "tokenizer", "shard", "train",
-       "evaluate"]
+ALL = [
+    "download",
+    "url_filter",
+    "extract",
+    "minhash",
+    "dedup",
+    "tokenizer",
+    "shard",
+    "train",
+    "evaluate",
+]
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,9 @@ def test_fingerprint_hashes_paths_by_content(tmp_path):
     assert fingerprint(UrlFilterConfig(blocklist=f)) != before
     moved = tmp_path / "other"
     moved.write_text("b.example\n")
-    assert fingerprint(UrlFilterConfig(blocklist=moved)) == fingerprint(UrlFilterConfig(blocklist=f))
+    assert fingerprint(UrlFilterConfig(blocklist=moved)) == fingerprint(
+        UrlFilterConfig(blocklist=f)
+    )
     assert stage_key(1, "x") != stage_key(2, "x")
 
 
