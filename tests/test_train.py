@@ -1,0 +1,207 @@
+"""The train stage: loader, schedule, exact resume, refused checkpoints, the task itself.
+
+make_upstream (a tokenizer trained in-process, llm.c shards, their manifests) is shared
+with tests/test_evaluate.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+from fineflow.config import ModelConfig, TrainConfig
+from fineflow.model import GPT
+from storage import layout
+from storage.artifacts import ArtifactWriter, Manifest, verify
+from tasks.shard import encode_docs, read_shard, write_shard
+from tasks.tokenizer import EOT, TOKENIZER_JSON, hf_encoder, train_bpe
+from tasks.train import (
+    CHECKPOINT,
+    VAL_BATCHES,
+    WindowSampler,
+    eval_windows,
+    lr_at,
+    mean_loss,
+    train,
+    train_model,
+)
+
+DOCS = [
+    "The Python interpreter reads a script and runs it line by line.",
+    "A database is an organised collection of data, stored and accessed electronically.",
+    "SELECT name, price FROM products WHERE price > 10 ORDER BY price;",
+    "Les données sont écrites en UTF-8 — même les caractères accentués.",
+    "Every module opens with a docstring that says what goes in and what comes out.",
+    "日本語のテキストも三バイトの文字として数えられる。",
+    "Checkpoints are written atomically: to a temporary name first, then renamed.",
+]
+TINY = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16)
+
+
+def tiny_train_config(**overrides: object) -> TrainConfig:
+    base = dict(
+        model=TINY,
+        steps=12,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=2,
+        checkpoint_every=4,
+        log_every=3,
+        device="cpu",
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+def make_upstream(
+    root: Path, train_docs: list[str], val_docs: list[str]
+) -> tuple[Manifest, Manifest, Tokenizer]:
+    """Tokenizer and shard artifacts in `root`, made with the upstream stages' helpers."""
+    tok = train_bpe(train_docs + val_docs, vocab_size=320)
+    eot, vocab_size = tok.token_to_id(EOT), tok.get_vocab_size()
+    stats = {"vocab_size": vocab_size, "eot_id": eot}
+    with ArtifactWriter(root, "tokenizer", "tok-fixture") as out:
+        tok.save(str(out.path(TOKENIZER_JSON)))
+        tokenizer = out.commit(None, stats=stats)
+    with ArtifactWriter(root, "shard", "shard-fixture") as out:
+        for split, docs in (("train", train_docs), ("val", val_docs)):
+            ids = encode_docs(hf_encoder(tok), docs, eot)
+            write_shard(out.path(f"{split}_000000.bin"), ids, vocab_size)
+        shards = out.commit(None, stats={**stats, "token_dtype": "uint16"})
+    return tokenizer, shards, tok
+
+
+# ---------------------------------------------------------------- loader and schedule
+
+
+def test_sampler_is_deterministic_and_stays_inside_shards() -> None:
+    shards = [np.arange(0, 40, dtype=np.uint16), np.arange(1000, 1020, dtype=np.uint16)]
+    sampler = WindowSampler(shards, block_size=8, batch_size=64, seed=3)
+    batch = sampler.batch(5, 1)
+    assert batch.shape == (64, 9) and batch.dtype == torch.int64
+    assert (batch.diff(dim=1) == 1).all()  # consecutive tokens: no window crosses a shard
+    assert {int(r[0]) < 1000 for r in batch} == {True, False}  # both shards are read
+    assert torch.equal(batch, WindowSampler(shards, 8, 64, seed=3).batch(5, 1))
+    assert not torch.equal(batch, sampler.batch(5, 0))
+    assert not torch.equal(batch, sampler.batch(6, 1))
+    assert not torch.equal(batch, WindowSampler(shards, 8, 64, seed=4).batch(5, 1))
+    with pytest.raises(ValueError, match="window"):
+        WindowSampler([np.arange(8)], block_size=8, batch_size=1, seed=0)
+
+
+def test_eval_windows_cover_every_target_once() -> None:
+    tokens = np.arange(50)
+    batches = list(eval_windows(tokens, block_size=16, batch_size=2))
+    ys = torch.cat([y for _, y in batches]).flatten()
+    assert torch.equal(ys[ys != -1], torch.arange(1, 50))
+    for x, y in batches:  # the target is the next input
+        real = y != -1
+        assert torch.equal(x[real] + 1, y[real])
+    capped = torch.cat([y for _, y in eval_windows(tokens, 16, 2, max_targets=20)]).flatten()
+    assert torch.equal(capped[capped != -1], torch.arange(1, 21))
+
+
+def test_lr_schedule() -> None:
+    cfg = tiny_train_config(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(55, cfg) == pytest.approx(0.55)
+    assert lr_at(99, cfg) == pytest.approx(0.1, abs=1e-3)
+    lrs = [lr_at(s, cfg) for s in range(10, 100)]
+    assert all(a >= b for a, b in pairwise(lrs))
+
+
+# ---------------------------------------------------------------- training and checkpoints
+
+
+def _tokens(n: int = 2000) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 64, size=n).astype(np.uint16)]
+
+
+def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
+    cfg = tiny_train_config()
+    whole = train(_tokens(), 64, cfg, tmp_path / "whole")
+    killed = train(_tokens(), 64, cfg, tmp_path / "killed", stop_at=6)  # last checkpoint: 4
+    assert killed.steps == 6
+    ckpt = torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=False)
+    assert ckpt["step"] == 4 and ckpt["loader"] == {"seed": cfg.seed, "step": 4}
+    resumed = train(_tokens(), 64, cfg, tmp_path / "killed")
+    assert resumed.steps == whole.steps == 12
+    assert resumed.tokens_seen == 12 * 4 * 16
+    assert resumed.history == whole.history
+    assert [s for s, _ in whole.history] == [1, 3, 6, 9, 12]
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path: Path) -> None:
+    train(_tokens(), 64, tiny_train_config(), tmp_path, stop_at=5)
+    other = tiny_train_config(model=TINY.model_copy(update={"n_embd": 64}), lr=3e-3)
+    ckpt = tmp_path / CHECKPOINT
+    with pytest.raises(ValueError) as err:
+        train(_tokens(), 64, other, tmp_path)
+    message = str(err.value)
+    assert str(ckpt) in message
+    assert "model.n_embd: checkpoint 32, this run 64" in message
+    assert "train.lr: checkpoint 0.01, this run 0.003" in message
+    assert "train.model.n_embd" in message
+    with pytest.raises(ValueError, match="model.vocab_size: checkpoint 64, this run 65"):
+        train(_tokens(), 65, tiny_train_config(), tmp_path)
+
+
+def test_loss_falls_on_repetitive_tokens(tmp_path: Path) -> None:
+    pattern = np.random.default_rng(1).integers(0, 64, size=13)
+    cfg = tiny_train_config(steps=40, log_every=10, lr=1e-2, warmup_steps=5)
+    result = train([np.tile(pattern, 100).astype(np.uint16)], 64, cfg, tmp_path)
+    losses = [loss for _, loss in result.history]
+    assert losses[0] > 3.5  # about ln(64) = 4.16 at init
+    assert losses[-1] < 0.5
+
+
+# ---------------------------------------------------------------- the task
+
+
+def test_train_model_task(tmp_path: Path) -> None:
+    tokenizer, shards, _ = make_upstream(tmp_path, DOCS * 6, DOCS[:3])
+    cfg = tiny_train_config(steps=30, log_every=10, warmup_steps=3)
+    manifest = train_model.fn(str(tmp_path), shards, tokenizer, cfg)
+
+    assert manifest.stage == "train" and verify(tmp_path, manifest) is None
+    assert {f.path for f in manifest.files} == {"model.pt", "config.json", "metrics.json"}
+    assert manifest.counts == {"steps": 30, "tokens_seen": 30 * 4 * 16}
+    assert not layout.work_dir(tmp_path, "train", manifest.key).exists()
+
+    config = json.loads(manifest.path(tmp_path, "config.json").read_text())
+    assert config["model"]["vocab_size"] == tokenizer.stats["vocab_size"]
+    assert TrainConfig.model_validate(config["train"]) == cfg
+    metrics = json.loads(manifest.path(tmp_path, "metrics.json").read_text())
+    assert metrics["step"] == [1, 10, 20, 30]
+    assert metrics["train_loss"][-1] < metrics["train_loss"][0] - 1.0
+    tail = sum(metrics["train_loss"][-3:]) / 3
+    assert manifest.stats["final_train_loss"] == pytest.approx(tail, abs=1e-5)
+    assert manifest.stats["first_train_loss"] == metrics["train_loss"][0]
+
+    model = GPT.from_spec(config["model"])
+    weights = torch.load(manifest.path(tmp_path, "model.pt"), weights_only=True)
+    assert all(w.dtype == torch.float32 for w in weights.values())
+    model.load_state_dict(weights)
+    assert manifest.stats["params"] == model.num_params()
+    val = [read_shard(p) for p in shards.paths(tmp_path, "val_000000.bin")]
+    loss = mean_loss(model, val, 4, torch.device("cpu"), VAL_BATCHES * 4 * 16)
+    assert manifest.stats["val_loss"] == pytest.approx(loss, abs=1e-5)
+    assert metrics["val_loss"] == manifest.stats["val_loss"]
+
+    # Same inputs, another data root: the same bytes, so downstream caches agree.
+    again = tmp_path / "again"
+    for upstream in (shards, tokenizer):
+        shutil.copytree(tmp_path / upstream.dir, again / upstream.dir)
+    rerun = train_model.fn(str(again), shards, tokenizer, cfg)
+    assert rerun.fingerprint == manifest.fingerprint and rerun.stats == manifest.stats
