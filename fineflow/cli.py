@@ -10,10 +10,12 @@ field by its dotted name. A bad value fails before anything runs, naming the fie
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,29 @@ def _quiet_prefect() -> None:
     """No telemetry, and no phoning home from a machine that may have no network."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[None]:
+    """The configured Prefect API, or one temporary local server for the whole run.
+
+    Without this, Prefect starts a temporary server in every process-pool worker
+    too; one server started here is shared with the workers through PREFECT_API_URL.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        server.stop()
 
 
 def _set(tree: dict[str, Any], dotted: str, raw: str) -> None:
@@ -117,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     from flows.pipeline import pipeline  # imports Prefect: after the config is known good
 
     start = time.monotonic()
-    result = pipeline(cfg)
+    with prefect_api():
+        result = pipeline(cfg)
     print_summary(result, cfg, time.monotonic() - start)
     return 0
 
