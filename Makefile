@@ -7,7 +7,7 @@ TORCH_CPU ?= torch==2.13.0
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test test-slow lint bench clean
+.PHONY: setup run test test-slow lint ui clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,11 @@ test-slow: setup
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# The Prefect UI on http://127.0.0.1:4200; in another shell:
+#   export PREFECT_API_URL=http://127.0.0.1:4200/api && make run
+ui: setup
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
 
 clean:
 	rm -rf data test-output

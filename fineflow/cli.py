@@ -1,6 +1,6 @@
 """`fineflow`: run the pipeline, or rerun one stage, from the command line.
 
-    fineflow run [--config FILE] [--set train.steps=100 ...] [--stop-after STAGE]
+    fineflow run [--preset NAME] [--config FILE] [--set train.steps=100 ...] [--stop-after STAGE]
     fineflow rerun STAGE [...]     same, with STAGE's cache refreshed
 
 The config file is JSON or YAML shaped like PipelineConfig; `--set` overrides one
@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fineflow.config import STAGES, PipelineConfig
+from fineflow.config import REPO_ROOT, STAGES, PipelineConfig
 
 # Where each output a user looks for lives inside its stage's artifact.
 OUTPUTS = (
@@ -72,14 +72,32 @@ def _set(tree: dict[str, Any], dotted: str, raw: str) -> None:
     node[leaf] = yaml.safe_load(raw)
 
 
-def load_config(path: str | None, overrides: list[str], force: list[str], stop_after: str | None):
-    """Build and validate the PipelineConfig from a file, `--set`s and flags."""
+def preset(name: str) -> dict[str, Any]:
+    """The `cfg` parameters of deployment `name` in prefect.yaml (CLI and UI share presets)."""
     import yaml
 
-    tree: dict[str, Any] = {}
+    spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    names = [d["name"] for d in spec["deployments"]]
+    if name not in names:
+        raise SystemExit(f"no preset {name!r} in prefect.yaml; there are: {', '.join(names)}")
+    return spec["deployments"][names.index(name)].get("parameters", {}).get("cfg", {})
+
+
+def load_config(
+    path: str | None,
+    overrides: list[str],
+    force: list[str],
+    stop_after: str | None,
+    preset_name: str | None = None,
+) -> PipelineConfig:
+    """Build and validate the PipelineConfig from a preset, a file, `--set`s and flags."""
+    import yaml
+
+    tree: dict[str, Any] = preset(preset_name) if preset_name else {}
     if path:
         text = Path(path).read_text()
-        tree = json.loads(text) if path.endswith(".json") else (yaml.safe_load(text) or {})
+        loaded = json.loads(text) if path.endswith(".json") else (yaml.safe_load(text) or {})
+        tree = _merge(tree, loaded)
     for item in overrides:
         if "=" not in item:
             raise SystemExit(f"--set wants FIELD=VALUE, got {item!r}")
@@ -89,6 +107,14 @@ def load_config(path: str | None, overrides: list[str], force: list[str], stop_a
     if stop_after:
         tree["stop_after"] = stop_after
     return PipelineConfig.model_validate(tree)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        both = isinstance(v, dict) and isinstance(base.get(k), dict)
+        out[k] = _merge(base[k], v) if both else v
+    return out
 
 
 def _describe_errors(err: ValidationError) -> str:
@@ -125,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         if name == "rerun":
             p.add_argument("stage", choices=STAGES, help="stage whose cache is refreshed")
+        p.add_argument("--preset", help="a deployment name in prefect.yaml, e.g. gpu-124m")
         p.add_argument("--config", help="JSON or YAML file shaped like PipelineConfig")
         p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
         p.add_argument("--force", action="append", default=[], choices=STAGES)
@@ -133,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     force = args.force + ([args.stage] if args.command == "rerun" else [])
     try:
-        cfg = load_config(args.config, args.set, force, args.stop_after)
+        cfg = load_config(args.config, args.set, force, args.stop_after, args.preset)
     except ValidationError as err:
         print(_describe_errors(err), file=sys.stderr)
         return 2

@@ -43,3 +43,14 @@ def test_set_overrides_are_typed():
 def test_cli_reports_bad_field_and_exits_2(capsys):
     assert main(["run", "--set", "train.lr=-1"]) == 2
     assert "train.lr" in capsys.readouterr().err
+
+
+def test_every_prefect_yaml_preset_is_a_valid_config():
+    from fineflow.cli import preset
+
+    for name in ("sample", "common-crawl", "gpu-124m"):
+        cfg = load_config(None, [], [], None, name)
+        assert isinstance(cfg, PipelineConfig)
+    assert load_config(None, [], [], None, "gpu-124m").train.model.n_layer == 12
+    with pytest.raises(SystemExit, match="no preset"):
+        preset("nonexistent")
