@@ -10,6 +10,7 @@ The defaults run the bundled sample (sample/warcs) on a CPU in a few minutes.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +24,7 @@ STAGES: tuple[str, ...] = (
     "download",
     "url_filter",
     "extract",
+    "filter",
     "minhash",
     "dedup",
     "tokenizer",
@@ -34,6 +36,7 @@ StageName = Literal[
     "download",
     "url_filter",
     "extract",
+    "filter",
     "minhash",
     "dedup",
     "tokenizer",
@@ -84,14 +87,43 @@ class DownloadConfig(_Config):
 
 
 class UrlFilterConfig(_Config):
-    blocklist: Path = Field(
+    """FineWeb's URL filter: UT1 blocklists, then banned words, soft words and subwords."""
+
+    blocklist: Path | str = Field(
         default=SAMPLE_DIR / "blocklist" / "domains",
-        description="UT1-format domain list: one domain per line, # comments",
+        description="UT1 blocklist: a `domains` file, a directory holding `domains`/`urls`"
+        " (or <category>/domains), or a UT1 .tar.gz; a local path or an http(s)/s3 URL",
+    )
+    categories: list[str] = Field(
+        default_factory=lambda: ["adult"],
+        description="UT1 categories read from a directory or archive (e.g. adult/domains)",
     )
     banned_words: list[str] = Field(
         default_factory=lambda: ["porn", "xxx", "sex", "casino", "viagra"],
         description="a URL containing any of these as a token is dropped",
     )
+    soft_banned_words: list[str] = Field(
+        default_factory=lambda: ["adult", "nude", "naked", "escort", "erotic", "webcam", "milf"],
+        description="a URL with `soft_word_threshold` or more of these as tokens is dropped",
+    )
+    soft_word_threshold: int = Field(default=2, ge=1)
+    banned_subwords: list[str] = Field(
+        default_factory=lambda: ["pornhub", "xvideos", "xhamster", "redtube", "youporn"],
+        description="dropped when found anywhere in the URL with non-alphanumerics removed",
+    )
+    banned_words_file: Path | None = Field(default=None, description="more banned words, 1/line")
+    soft_banned_words_file: Path | None = None
+    banned_subwords_file: Path | None = None
+
+    @field_validator("blocklist", mode="before")
+    @classmethod
+    def _path_unless_url(cls, v: object) -> object:
+        # Local paths become Path so cache keys see the file's bytes; URLs stay strings.
+        if isinstance(v, str) and not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", v):
+            return Path(v)
+        if isinstance(v, str) and v.startswith("file://"):
+            return Path(v.removeprefix("file://"))
+        return v
 
 
 class ExtractConfig(_Config):
@@ -99,6 +131,101 @@ class ExtractConfig(_Config):
     max_html_bytes: int = Field(default=2_000_000, ge=1024, description="bigger pages skipped")
     favor_precision: bool = True
     include_comments: bool = False
+    workers: int = Field(
+        default=1,
+        ge=0,
+        description="sandbox processes per WARC task (0: extract in-process, no timeout)",
+    )
+    timeout_s: float = Field(default=5.0, gt=0, description="per page; the worker is replaced")
+    worker_memory_mb: int = Field(
+        default=2048, ge=0, description="address-space cap of a sandbox process (0: none)"
+    )
+
+
+class LanguageFilterConfig(_Config):
+    enabled: bool = True
+    languages: list[str] = Field(default_factory=lambda: ["en"], description="fastText lid.176")
+    min_score: float = Field(default=0.65, ge=0, le=1)
+
+
+class GopherRepetitionConfig(_Config):
+    """Rae et al. 2021 (Gopher), table A1; fractions of lines, paragraphs or characters."""
+
+    enabled: bool = True
+    dup_line_frac: float = Field(default=0.3, ge=0, le=1)
+    dup_para_frac: float = Field(default=0.3, ge=0, le=1)
+    dup_line_char_frac: float = Field(default=0.2, ge=0, le=1)
+    dup_para_char_frac: float = Field(default=0.2, ge=0, le=1)
+    top_ngram_char_frac: dict[int, float] = Field(
+        default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16}
+    )
+    dup_ngram_char_frac: dict[int, float] = Field(
+        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+    )
+
+
+class GopherQualityConfig(_Config):
+    enabled: bool = True
+    min_words: int = Field(default=50, ge=0)
+    max_words: int = Field(default=100_000, ge=1)
+    min_avg_word_length: float = Field(default=3, ge=0)
+    max_avg_word_length: float = Field(default=10, ge=0)
+    max_symbol_word_ratio: float = Field(default=0.1, ge=0, description="'#' and ellipses")
+    max_bullet_lines_ratio: float = Field(default=0.9, ge=0, le=1)
+    max_ellipsis_lines_ratio: float = Field(default=0.3, ge=0, le=1)
+    max_non_alpha_words_ratio: float = Field(
+        default=0.8, ge=0, le=1, description="at least this fraction of words has a letter"
+    )
+    min_stop_words: int = Field(default=2, ge=0)
+
+
+class C4FilterConfig(_Config):
+    """Raffel et al. 2020 (C4) rules; FineWeb drops the terminal-punctuation line rule."""
+
+    enabled: bool = True
+    terminal_punct_lines: bool = Field(default=False, description="FineWeb: off")
+    min_words_per_line: int = Field(default=3, ge=0, description="shorter lines removed")
+    max_word_length: int = Field(default=1000, ge=1, description="lines with longer words removed")
+    min_sentences: int = Field(default=5, ge=0)
+    javascript_lines: bool = True
+    policy_lines: bool = True
+    lorem_ipsum: bool = True
+    curly_bracket: bool = True
+    remove_citations: bool = True
+
+
+class FineWebFilterConfig(_Config):
+    enabled: bool = True
+    line_punct_thr: float = Field(
+        default=0.12, ge=0, le=1, description="drop if at most this fraction of lines end in .!?"
+    )
+    short_line_thr: float = Field(default=0.67, ge=0, le=1)
+    short_line_chars: int = Field(default=30, ge=1)
+    char_dup_ratio: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="drop at this fraction of characters in duplicated lines (README: why 0.01)",
+    )
+    new_line_ratio: float = Field(default=0.3, ge=0, description="newlines per word (lists)")
+
+
+class PiiConfig(_Config):
+    enabled: bool = True
+    emails: bool = True
+    public_ipv4: bool = True
+
+
+class FilterConfig(_Config):
+    """The per-WARC filter stage, in FineWeb's order: language, Gopher, C4, FineWeb, PII."""
+
+    language: LanguageFilterConfig = LanguageFilterConfig()
+    gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
+    gopher_quality: GopherQualityConfig = GopherQualityConfig()
+    c4: C4FilterConfig = C4FilterConfig()
+    fineweb: FineWebFilterConfig = FineWebFilterConfig()
+    pii: PiiConfig = PiiConfig()
+    dropped_samples: int = Field(default=5, ge=0, description="kept per drop reason, per WARC")
 
 
 class MinHashConfig(_Config):
@@ -128,6 +255,9 @@ class ModelConfig(_Config):
     n_head: int = Field(default=4, ge=1)
     n_embd: int = Field(default=128, ge=8)
     block_size: int = Field(default=128, ge=8, description="context length in tokens")
+    vocab_multiple: int = Field(
+        default=64, ge=1, description="embedding and head rows padded to a multiple of this"
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
@@ -140,18 +270,36 @@ class TrainConfig(_Config):
     model: ModelConfig = ModelConfig()
     steps: int = Field(default=300, ge=1)
     batch_size: int = Field(default=16, ge=1, description="sequences per micro-batch")
-    grad_accum: int = Field(default=1, ge=1)
+    grad_accum: int = Field(default=1, ge=1, description="micro-batches per step per process")
+    batch_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="tokens per optimizer step over all processes; sets grad_accum when given",
+    )
     lr: float = Field(default=3e-3, gt=0)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     warmup_steps: int = Field(default=30, ge=0)
+    schedule: Literal["cosine", "wsd"] = Field(
+        default="cosine", description="after warmup: cosine decay, or warmup-stable-decay"
+    )
+    decay_fraction: float = Field(
+        default=0.2, gt=0, le=1, description="wsd: the last fraction of steps decays linearly"
+    )
     weight_decay: float = Field(default=0.1, ge=0)
     grad_clip: float = Field(default=1.0, gt=0)
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     compile: bool | None = Field(default=None, description="None: on for CUDA, off for CPU")
     checkpoint_every: int = Field(default=100, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=1, description="newest checkpoints kept")
     log_every: int = Field(default=25, ge=1)
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads")
+    nproc: int | None = Field(
+        default=None,
+        ge=1,
+        description="training processes (torchrun + DDP when > 1); None: one per CUDA GPU, "
+        "1 without CUDA",
+    )
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:
@@ -171,6 +319,7 @@ class EvaluateConfig(_Config):
     max_new_tokens: int = Field(default=48, ge=1)
     temperature: float = Field(default=0.8, ge=0)
     top_k: int | None = Field(default=50, ge=1)
+    top_p: float | None = Field(default=None, gt=0, le=1, description="nucleus sampling")
     seed: int = 0
     max_val_tokens: int | None = Field(default=None, ge=1, description="cap on evaluated tokens")
 
@@ -183,6 +332,7 @@ class PipelineConfig(_Config):
     download: DownloadConfig = DownloadConfig()
     url_filter: UrlFilterConfig = Field(default_factory=UrlFilterConfig)
     extract: ExtractConfig = ExtractConfig()
+    filter: FilterConfig = FilterConfig()
     minhash: MinHashConfig = MinHashConfig()
     dedup: DedupConfig = DedupConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -190,12 +340,17 @@ class PipelineConfig(_Config):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     workers: int = Field(default=2, ge=1, description="processes for the per-WARC stages")
+    dask_address: str | None = Field(
+        default=None,
+        description="address of an existing Dask scheduler (tcp://host:8786): the per-WARC "
+        "stages run on its workers instead of the local process pool",
+    )
     force: list[StageName] = Field(default_factory=list, description="stages to rerun anyway")
     stop_after: StageName | None = Field(default=None, description="last stage to run")
 
     @field_validator("url_filter")
     @classmethod
     def _blocklist_exists(cls, v: UrlFilterConfig) -> UrlFilterConfig:
-        if not v.blocklist.is_file():
+        if isinstance(v.blocklist, Path) and not v.blocklist.exists():
             raise ValueError(f"url_filter.blocklist: no such file {v.blocklist}")
         return v

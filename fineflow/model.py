@@ -6,6 +6,16 @@ keys), no biases, a squared-ReLU MLP (4x wide), and scaled residual init. The mo
 knows nothing about tokenizers or files: it sees token id tensors only.
 
 Config is `fineflow.config.ModelConfig` plus `vocab_size` (which comes from the data).
+The embedding and the head have `padded_vocab` rows, vocab_size rounded up to a multiple
+of `vocab_multiple` (64 by default): matmuls whose sizes are multiples of 64 hit the
+GPU's tensor-core tiles (GPT-2's 50257 -> 50304). The extra rows are never a target
+(no token id reaches them), so training only pushes their logits down; `generate`
+and the export cut the logits to vocab_size, so they are never sampled.
+
+Conventions match Hugging Face's Qwen3 exactly (see fineflow/export.py): rotary
+embeddings rotate (first half, second half) pairs by +position * frequency
+(`rotate_half`), RMSNorm has eps 1e-6, and q and k are normalised per head before
+the rotation.
 The output head is NOT tied to the token embedding. Untying costs no FLOPs (the head
 matmul runs either way) but vocab * n_embd parameters: 0.5M of 1.8M at the CPU
 default. It bought 0.23 nats: on 2.2M tokens of the sample's docs pages, the CPU
@@ -29,6 +39,7 @@ from fineflow.config import ModelConfig
 
 QK_NORM = True  # RMSNorm on q and k: keeps attention logits bounded at high learning rates
 ROPE_BASE = 10_000.0  # rotary frequency base (RoFormer, LLaMA)
+RMS_EPS = 1e-6  # RMSNorm epsilon (LLaMA, Qwen3)
 INIT_STD = 0.02  # GPT-2's init for every matrix; residual outputs scaled further below
 
 
@@ -42,7 +53,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The gain follows x's dtype: under autocast q and k arrive in bf16, and a float32
         # gain would keep rms_norm off its fused kernel.
-        return F.rms_norm(x, (x.size(-1),), self.weight.type_as(x))
+        return F.rms_norm(x, (x.size(-1),), self.weight.type_as(x), eps=RMS_EPS)
 
 
 def rotary_tables(seq_len: int, head_dim: int, base: float = ROPE_BASE) -> torch.Tensor:
@@ -53,9 +64,9 @@ def rotary_tables(seq_len: int, head_dim: int, base: float = ROPE_BASE) -> torch
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each (first half, second half) pair of x by its position's angle."""
+    """Rotate each (first half, second half) pair of x by +its position's angle."""
     x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each; cos, sin: (T, hs/2)
-    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).type_as(x)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
 
 
 class KVCache:
@@ -141,10 +152,11 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int, qk_norm: bool = QK_NORM) -> None:
         super().__init__()
         self.config, self.vocab_size, self.qk_norm = cfg, vocab_size, qk_norm
-        self.wte = nn.Embedding(vocab_size, cfg.n_embd)
+        self.padded_vocab = -(-vocab_size // cfg.vocab_multiple) * cfg.vocab_multiple
+        self.wte = nn.Embedding(self.padded_vocab, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg, i, qk_norm) for i in range(cfg.n_layer))
         self.norm_f = RMSNorm(cfg.n_embd)
-        self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)  # untied: see above
+        self.lm_head = nn.Linear(cfg.n_embd, self.padded_vocab, bias=False)  # untied: above
         # Derived from the config, so not saved with the weights (persistent=False).
         rope = rotary_tables(cfg.block_size, cfg.n_embd // cfg.n_head)
         self.register_buffer("rope_cos", rope[0], persistent=False)  # (block_size, hs/2)
@@ -179,7 +191,7 @@ class GPT(nn.Module):
         reduction: str = "mean",
         cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, V) and, given targets, the cross-entropy loss.
+        """Logits (B, T, padded_vocab) and, given targets, the cross-entropy loss.
 
         reduction="mean": one scalar; "none": per-token losses (B, T) in nats, for
         evaluation. Targets of -1 are ignored (loss 0 with "none").
@@ -237,7 +249,8 @@ class GPT(nn.Module):
                 logits, _ = self(idx[:, -window:], cache=cache)
             else:
                 logits, _ = self(idx[:, -1:], cache=cache)
-            next_id = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            last = logits[:, -1, : self.vocab_size]  # padding rows are never sampled
+            next_id = sample_next(last, temperature, top_k, top_p, generator)
             idx = torch.cat((idx, next_id), dim=1)
         return idx
 

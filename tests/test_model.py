@@ -12,6 +12,7 @@ from fineflow.model import GPT, sample_next
 
 TINY = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16)
 VOCAB = 97
+PADDED = 128  # 97 rounded up to a multiple of vocab_multiple (64)
 
 
 def _model(seed: int = 0, qk_norm: bool = True) -> GPT:
@@ -27,7 +28,7 @@ def test_shapes_and_losses() -> None:
     model = _model()
     idx = torch.randint(0, VOCAB, (3, TINY.block_size))
     logits, loss = model(idx)
-    assert logits.shape == (3, TINY.block_size, VOCAB) and loss is None
+    assert logits.shape == (3, TINY.block_size, PADDED) and loss is None
     _, mean = model(idx, idx)
     _, per_token = model(idx, idx, reduction="none")
     assert per_token.shape == (3, TINY.block_size)
@@ -62,8 +63,34 @@ def test_param_count_and_flops() -> None:
     d, L = TINY.n_embd, TINY.n_layer
     hs = d // TINY.n_head
     per_block = 12 * d * d + 2 * d + 2 * hs  # qkv, proj, mlp; two norms; q and k norms
-    assert model.num_params() == 2 * VOCAB * d + L * per_block + d  # untied embedding, head
-    assert model.estimate_flops_per_token() == 6 * (L * 12 * d * d + VOCAB * d) + 12 * L * d * 16
+    assert model.num_params() == 2 * PADDED * d + L * per_block + d  # untied embedding, head
+    assert model.estimate_flops_per_token() == 6 * (L * 12 * d * d + PADDED * d) + 12 * L * d * 16
+
+
+def test_vocab_is_padded_and_padding_is_never_sampled() -> None:
+    assert GPT(TINY, 128).padded_vocab == 128
+    assert GPT(TINY.model_copy(update={"vocab_multiple": 1}), 97).padded_vocab == 97
+    model = _model()
+    assert model.wte.weight.shape[0] == model.lm_head.weight.shape[0] == PADDED
+
+    def favour_padding(module: torch.nn.Module, args: object, out: torch.Tensor) -> torch.Tensor:
+        return torch.cat((out[..., :VOCAB], out[..., VOCAB:] + 1e3), dim=-1)
+
+    model.lm_head.register_forward_hook(favour_padding)  # padding rows now the likeliest
+    assert int(model(torch.zeros(4, 3, dtype=torch.long))[0].argmax(-1).min()) >= VOCAB
+    out = model.generate(torch.zeros(4, 1, dtype=torch.long), 20, temperature=1.0)
+    assert int(out.max()) < VOCAB
+
+
+def test_rotary_matches_rotate_half() -> None:
+    """The Hugging Face (Llama, Qwen3) convention, so the export needs no permutation."""
+    from fineflow.model import apply_rotary, rotary_tables
+
+    x = torch.randn(1, 2, 5, 8)
+    cos, sin = rotary_tables(5, 8)
+    cos2, sin2 = torch.cat((cos, cos), -1), torch.cat((sin, sin), -1)
+    rotate_half = torch.cat((-x[..., 4:], x[..., :4]), dim=-1)
+    torch.testing.assert_close(apply_rotary(x, cos, sin), x * cos2 + rotate_half * sin2)
 
 
 def test_residual_projections_scaled_at_init() -> None:

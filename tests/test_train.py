@@ -7,7 +7,12 @@ with tests/test_evaluate.py.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from itertools import pairwise
 from pathlib import Path
 
@@ -23,15 +28,21 @@ from storage.artifacts import ArtifactWriter, Manifest, verify
 from tasks.shard import encode_docs, read_shard, write_shard
 from tasks.tokenizer import EOT, TOKENIZER_JSON, hf_encoder, train_bpe
 from tasks.train import (
-    CHECKPOINT,
+    METRICS_DB,
     VAL_BATCHES,
+    Prefetcher,
     WindowSampler,
+    checkpoint_path,
+    checkpoints,
     eval_windows,
+    grad_accum_steps,
     lr_at,
     mean_loss,
     train,
     train_model,
 )
+
+REPO = Path(__file__).resolve().parent.parent
 
 DOCS = [
     "The Python interpreter reads a script and runs it line by line.",
@@ -118,6 +129,42 @@ def test_lr_schedule() -> None:
     assert all(a >= b for a, b in pairwise(lrs))
 
 
+def test_wsd_schedule_is_flat_then_decays() -> None:
+    cfg = tiny_train_config(
+        steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1, schedule="wsd", decay_fraction=0.2
+    )
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert all(lr_at(s, cfg) == 1.0 for s in range(9, 80))
+    assert lr_at(80, cfg) == pytest.approx(1.0 - 0.9 / 20)
+    assert lr_at(99, cfg) == pytest.approx(0.1)
+    lrs = [lr_at(s, cfg) for s in range(80, 100)]
+    assert all(a > b for a, b in pairwise(lrs))
+
+
+def test_batch_tokens_sets_grad_accum() -> None:
+    cfg = tiny_train_config(batch_tokens=4 * 16 * 6)  # batch 4 x block 16
+    assert grad_accum_steps(cfg, 1) == 6 and grad_accum_steps(cfg, 2) == 3
+    assert grad_accum_steps(tiny_train_config(grad_accum=5), 2) == 5  # no batch_tokens
+    with pytest.raises(ValueError, match="not a multiple"):
+        grad_accum_steps(cfg, 4)
+
+
+def test_prefetcher_yields_the_sampler_order_per_rank() -> None:
+    from tasks.train import Dist
+
+    shards = [np.arange(0, 500, dtype=np.uint16)]
+    sampler = WindowSampler(shards, block_size=8, batch_size=3, seed=5)
+    loader = Prefetcher(sampler, start_step=7, accum=2, device=torch.device("cpu"))
+    got = [loader.next() for _ in range(4)]
+    loader.close()
+    want = [sampler.batch(s, m) for s in (7, 8) for m in (0, 1)]
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    rank1 = Prefetcher(sampler, 7, 2, torch.device("cpu"), Dist(rank=1, world=2))
+    got = [rank1.next() for _ in range(2)]
+    rank1.close()
+    assert torch.equal(got[0], sampler.batch(7, 1)) and torch.equal(got[1], sampler.batch(7, 3))
+
+
 # ---------------------------------------------------------------- training and checkpoints
 
 
@@ -131,8 +178,8 @@ def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
     whole = train(_tokens(), 64, cfg, tmp_path / "whole")
     killed = train(_tokens(), 64, cfg, tmp_path / "killed", stop_at=6)  # last checkpoint: 4
     assert killed.steps == 6
-    ckpt = torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=False)
-    assert ckpt["step"] == 4 and ckpt["loader"] == {"seed": cfg.seed, "step": 4}
+    ckpt = torch.load(checkpoint_path(tmp_path / "killed", 4), weights_only=False)
+    assert ckpt["step"] == 4 and ckpt["loader"] == {"seed": cfg.seed, "step": 4, "world": 1}
     resumed = train(_tokens(), 64, cfg, tmp_path / "killed")
     assert resumed.steps == whole.steps == 12
     assert resumed.tokens_seen == 12 * 4 * 16
@@ -140,12 +187,49 @@ def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
     assert [s for s, _ in whole.history] == [1, 3, 6, 9, 12]
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # keep_checkpoints (2): only the newest survive, at steps 8 and 12
+    assert checkpoints(tmp_path / "whole") == [
+        checkpoint_path(tmp_path / "whole", s) for s in (8, 12)
+    ]
+
+
+def test_sigkill_mid_run_then_resume_gives_the_same_weights(tmp_path: Path) -> None:
+    """A real process running training is killed with SIGKILL at its first checkpoint."""
+    np.save(tmp_path / "tokens.npy", _tokens()[0])
+    cfg = tiny_train_config(steps=300, checkpoint_every=5, batch_size=2, threads=1)
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    work = tmp_path / "killed"
+    script = (
+        "import sys, numpy as np\n"
+        "from pathlib import Path\n"
+        "from fineflow.config import TrainConfig\n"
+        "from tasks.train import train\n"
+        "d = Path(sys.argv[1])\n"
+        "cfg = TrainConfig.model_validate_json((d / 'cfg.json').read_text())\n"
+        "train([np.load(d / 'tokens.npy')], 64, cfg, d / 'killed')\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=REPO)
+    try:
+        while not checkpoints(work) and proc.poll() is None:
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    found = checkpoints(work)
+    at = torch.load(found[-1], weights_only=False)["step"]
+    assert 5 <= at < cfg.steps  # killed mid-run, not after the end
+    resumed = train(_tokens(), 64, cfg, work)
+    whole = train(_tokens(), 64, cfg, tmp_path / "whole")
+    assert resumed.steps == whole.steps == 300 and resumed.history == whole.history
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_checkpoint_from_another_config_is_refused(tmp_path: Path) -> None:
     train(_tokens(), 64, tiny_train_config(), tmp_path, stop_at=5)
     other = tiny_train_config(model=TINY.model_copy(update={"n_embd": 64}), lr=3e-3)
-    ckpt = tmp_path / CHECKPOINT
+    ckpt = checkpoint_path(tmp_path, 4)
     with pytest.raises(ValueError) as err:
         train(_tokens(), 64, other, tmp_path)
     message = str(err.value)
@@ -175,7 +259,12 @@ def test_train_model_task(tmp_path: Path) -> None:
     manifest = train_model.fn(str(tmp_path), shards, tokenizer, cfg)
 
     assert manifest.stage == "train" and verify(tmp_path, manifest) is None
-    assert {f.path for f in manifest.files} == {"model.pt", "config.json", "metrics.json"}
+    assert {f.path for f in manifest.files} == {
+        "model.pt",
+        "config.json",
+        "metrics.json",
+        METRICS_DB,
+    }
     assert manifest.counts == {"steps": 30, "tokens_seen": 30 * 4 * 16}
     assert not layout.work_dir(tmp_path, "train", manifest.key).exists()
 
@@ -198,6 +287,15 @@ def test_train_model_task(tmp_path: Path) -> None:
     loss = mean_loss(model, val, 4, torch.device("cpu"), VAL_BATCHES * 4 * 16)
     assert manifest.stats["val_loss"] == pytest.approx(loss, abs=1e-5)
     assert metrics["val_loss"] == manifest.stats["val_loss"]
+    import duckdb
+
+    con = duckdb.connect(str(manifest.path(tmp_path, METRICS_DB)), read_only=True)
+    rows = con.sql("select step, loss, tokens_per_s, mfu from train_log order by step").fetchall()
+    assert [r[0] for r in rows] == metrics["step"]
+    assert [round(r[1], 6) for r in rows] == metrics["train_loss"]
+    assert all(r[2] > 0 and r[3] is None for r in rows)  # CPU: no peak, so no MFU
+    assert con.sql("select device, world, grad_accum from run").fetchall() == [("cpu", 1, 1)]
+    con.close()
 
     # Same inputs, another data root: the same bytes, so downstream caches agree.
     again = tmp_path / "again"
