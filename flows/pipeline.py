@@ -1,7 +1,9 @@
 """The whole story as one flow: crawl -> clean corpus -> tokens -> GPT -> samples.
 
-`fineflow run` (and `make run`) call `run_pipeline`, which runs this flow and prints
-one line per stage and where the outputs are.
+`fineflow run` (and `make run`) call this flow and print one line per stage and where
+the outputs are; in the Prefect UI the run carries a funnel table and a run summary.
+The per-WARC stages run on a local process pool (`workers`), or on an existing Dask
+cluster when `dask_address` is set.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from prefect import flow
 from prefect.task_runners import ProcessPoolTaskRunner
 
 from fineflow.config import PipelineConfig
-from flows.data import build_corpus
-from flows.summary import StageLine
+from flows.data import CorpusResult, build_corpus
+from flows.summary import StageLine, publish_run_artifacts
 from flows.train import train_on_corpus
 from storage.artifacts import Manifest
 
@@ -24,13 +26,37 @@ class PipelineResult:
     outputs: dict[str, Manifest]
 
 
+def data_task_runner(cfg: PipelineConfig):
+    """Where the per-WARC stages run: the configured Dask cluster, else local processes."""
+    if cfg.dask_address:
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as exc:
+            raise RuntimeError(
+                "dask_address is set but prefect-dask is not installed: pip install -e '.[dask]'"
+            ) from exc
+        return DaskTaskRunner(address=cfg.dask_address)
+    return ProcessPoolTaskRunner(cfg.workers)
+
+
+def run_data(cfg: PipelineConfig) -> CorpusResult:
+    """The data flow (a subflow of the caller) on the configured task runner."""
+    return build_corpus.with_options(task_runner=data_task_runner(cfg))(cfg)
+
+
+def run_model(cfg: PipelineConfig, data: CorpusResult) -> PipelineResult:
+    """The model flow on `data`'s corpus (unless stop_after ends the run first); publishes."""
+    if data.corpus is None or cfg.stop_after == "dedup":
+        result = PipelineResult(data.lines, {"dedup": data.corpus} if data.corpus else {})
+    else:
+        model = train_on_corpus(cfg, data.corpus)
+        result = PipelineResult(data.lines + model.lines, {"dedup": data.corpus, **model.outputs})
+    publish_run_artifacts(result.lines, result.outputs, cfg.data_root)
+    return result
+
+
 @flow(name="fineflow", log_prints=True)
 def pipeline(cfg: PipelineConfig | None = None) -> PipelineResult:
     """Build the corpus from the configured WARCs, then train and evaluate a GPT on it."""
     cfg = cfg or PipelineConfig()
-    data_flow = build_corpus.with_options(task_runner=ProcessPoolTaskRunner(cfg.workers))
-    data = data_flow(cfg)
-    if data.corpus is None or cfg.stop_after == "dedup":
-        return PipelineResult(data.lines, {"dedup": data.corpus} if data.corpus else {})
-    model = train_on_corpus(cfg, data.corpus)
-    return PipelineResult(data.lines + model.lines, {"dedup": data.corpus, **model.outputs})
+    return run_model(cfg, run_data(cfg))
