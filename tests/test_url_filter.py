@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import tarfile
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,12 +16,17 @@ from fineflow.config import SAMPLE_DIR, UrlFilterConfig
 from storage.artifacts import ArtifactWriter, verify
 from tasks.download import describe_sources, download_warc
 from tasks.url_filter import (
+    UrlFilter,
+    fetch_blocklist,
     filter_urls,
     filter_warc,
     host_of,
     load_blocklist,
     normalize_host,
+    normalize_url,
     parent_domains,
+    read_blocklist,
+    url_reason,
     url_tokens,
 )
 
@@ -35,11 +44,16 @@ tracker.example:8080
 def cfg(tmp_path: Path) -> UrlFilterConfig:
     path = tmp_path / "domains"
     path.write_text(BLOCKLIST)
-    return UrlFilterConfig(blocklist=path, banned_words=["sex", "casino", "Viagra"])
+    return UrlFilterConfig(
+        blocklist=path,
+        banned_words=["sex", "casino", "Viagra"],
+        soft_banned_words=[],
+        banned_subwords=[],
+    )
 
 
 def test_blocklist_parsing_and_host_normalisation(cfg: UrlFilterConfig) -> None:
-    assert load_blocklist(cfg.blocklist) == {
+    assert load_blocklist(cfg.blocklist).domains == {
         "bad-site.example",
         "casino-royal.example",
         "tracker.example",
@@ -113,6 +127,9 @@ def test_filter_warc_rows_and_counts(tmp_path: Path, cfg: UrlFilterConfig) -> No
         "dropped_status_301": 1,
         "dropped_status_404": 1,
         "dropped_not_html": 2,
+        "dropped_blocklist_url": 0,
+        "dropped_soft_banned_words": 0,
+        "dropped_banned_subword": 0,
         "skipped_corrupt_member": 0,
         "skipped_truncated": 0,
         "skipped_corrupt_record": 0,
@@ -171,3 +188,91 @@ def _fast():
     from fineflow.config import DownloadConfig
 
     return DownloadConfig(retries=0, backoff_s=0.01)
+
+
+def _ut1_tree(base: Path) -> Path:
+    """A UT1-shaped tree: blacklists/<category>/{domains,urls}."""
+    for cat, domains, urls in (
+        ("adult", "adult-site.example\nwww.nsfw.example\n", "good.example/private/gallery\n"),
+        ("gambling", "bets.example\n", "good.example/bets\n"),
+    ):
+        d = base / "blacklists" / cat
+        d.mkdir(parents=True)
+        (d / "domains").write_text(domains)
+        (d / "urls").write_text(urls)
+    return base / "blacklists"
+
+
+def test_ut1_directory_and_archive_read_the_chosen_categories(tmp_path: Path) -> None:
+    tree = _ut1_tree(tmp_path / "src")
+    archive = tmp_path / "blacklists.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname="blacklists")
+    for source in (tree, archive):
+        adult = read_blocklist(source, ["adult"])
+        assert adult.domains == {"adult-site.example", "nsfw.example"}
+        assert adult.urls == {"good.example/private/gallery"}
+        both = read_blocklist(source, ["adult", "gambling"])
+        assert both.domains == {"adult-site.example", "nsfw.example", "bets.example"}
+        assert "good.example/bets" in both.urls
+    assert normalize_url("HTTPS://WWW.Good.Example/private/gallery/") == (
+        "good.example/private/gallery"
+    )
+
+
+FINEWEB_CASES = [
+    ("https://adult-site.example/", "blocklist_domain"),  # registered domain
+    ("https://a.b.nsfw.example/x", "blocklist_domain"),  # full host's parent
+    ("http://www.good.example/private/gallery/", "blocklist_url"),  # UT1 urls: no scheme
+    ("https://good.example/private/gallery/more", None),  # exact URL only
+    ("https://good.example/Hot-Stuff", "banned_word"),  # token, any case
+    ("https://good.example/hotel", None),  # not a token
+    ("https://good.example/nude/beach", None),  # one soft word
+    ("https://good.example/nude-beach/naked", "soft_banned_words"),  # two soft words
+    ("https://good.example/p?id=redTube1", "banned_subword"),  # substring after normalising
+    ("https://good.example/red-tube", "banned_subword"),  # punctuation removed first
+    ("https://good.example/red/tubes-and-pipes", "banned_subword"),
+    ("https://good.example/blue-tube", None),
+]
+
+
+def test_fineweb_rules(tmp_path: Path) -> None:
+    tree = _ut1_tree(tmp_path / "src")
+    words = tmp_path / "soft.txt"
+    words.write_text("# soft words\nnude\nNaked\n")
+    cfg = UrlFilterConfig(
+        blocklist=tree,
+        banned_words=["hot"],
+        soft_banned_words=[],
+        soft_banned_words_file=words,
+        banned_subwords=["redtube"],
+    )
+    flt = UrlFilter.from_config(cfg)
+    got = [(url, url_reason(url, host_of(url), flt)) for url, _ in FINEWEB_CASES]
+    assert got == FINEWEB_CASES
+
+
+def test_blocklist_url_is_fetched_once_into_the_store(tmp_path: Path) -> None:
+    tree = _ut1_tree(tmp_path / "src")
+    archive = tmp_path / "srv" / "blacklists.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname="blacklists")
+    handler = partial(SimpleHTTPRequestHandler, directory=str(archive.parent))
+    handler.log_message = lambda *a: None  # type: ignore[method-assign]
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as srv:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{srv.server_address[1]}/blacklists.tar.gz"
+        cfg = UrlFilterConfig(blocklist=url)
+        assert cfg.blocklist == url
+        root = tmp_path / "data"
+        local = fetch_blocklist(root, url)
+        assert local.read_bytes() == archive.read_bytes()
+        assert local.is_relative_to(root / "blocklist")
+        flt = UrlFilter.from_config(cfg, root)
+        srv.shutdown()
+    # the server is gone: the cached copy is used
+    assert fetch_blocklist(root, url) == local
+    assert "nsfw.example" in flt.blocklist.domains
+    with pytest.raises(ValueError, match="data root"):
+        UrlFilter.from_config(cfg)
