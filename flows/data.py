@@ -1,4 +1,4 @@
-"""The data flow: sources -> download -> url_filter -> extract -> minhash (per WARC) -> dedup.
+"""The data flow: sources -> download -> url_filter -> extract -> filter -> minhash -> dedup.
 
 Per-WARC stages are mapped, one task run per WARC, on a process pool; dedup takes
 the list of per-WARC manifests and writes the corpus DuckDB file.
@@ -17,6 +17,7 @@ from storage.cache import bind
 from tasks.dedup import dedup_docs
 from tasks.download import describe_sources, download_warc, list_common_crawl
 from tasks.extract import extract_text
+from tasks.filter_docs import filter_documents
 from tasks.minhash import minhash_docs
 from tasks.url_filter import filter_urls
 
@@ -59,15 +60,20 @@ def build_corpus(cfg: PipelineConfig) -> CorpusResult:
             unmapped(root), chain["download"], chain["url_filter"], unmapped(cfg.extract)
         )
     if stop not in ("download", "url_filter", "extract"):
+        chain["filter"] = staged(filter_documents, cfg, "filter").map(
+            unmapped(root), chain["extract"], unmapped(cfg.filter)
+        )
+    if stop not in ("download", "url_filter", "extract", "filter"):
         chain["minhash"] = staged(minhash_docs, cfg, "minhash").map(
-            unmapped(root), chain["extract"], unmapped(cfg.minhash)
+            unmapped(root), chain["filter"], unmapped(cfg.minhash)
         )
     done = {stage: clock.finish(stage, list(futures)) for stage, futures in chain.items()}
     if "minhash" not in done or stop == "minhash":
         return CorpusResult(None, clock.lines)
 
+    funnel = done["url_filter"] + done["extract"] + done["filter"]
     dedup = staged(dedup_docs, cfg, "dedup").submit(
-        root, done["extract"], done["minhash"], cfg.dedup
+        root, done["filter"], done["minhash"], cfg.dedup, funnel
     )
     corpus = clock.finish("dedup", [dedup])[0]
     return CorpusResult(corpus, clock.lines)

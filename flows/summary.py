@@ -89,6 +89,12 @@ def figure(stage: str, results: list) -> str:
         )
     if stage == "extract":
         return f"{_total(ms, 'kept')} docs kept of {_total(ms, 'total')} pages"
+    if stage == "filter":
+        lang = sum(v for m in ms for k, v in m.counts.items() if k.startswith("dropped_language"))
+        return (
+            f"{_total(ms, 'kept')} of {_total(ms, 'total')} docs kept, {lang} by language, "
+            f"{_total(ms, 'total') - _total(ms, 'kept') - lang} by quality"
+        )
     if stage == "minhash":
         return f"{_total(ms, 'docs')} documents signed"
     m = ms[0]

@@ -29,6 +29,7 @@ from fineflow.config import DedupConfig
 from storage import catalog
 from storage.artifacts import ArtifactWriter, Manifest, stage_key
 from storage.fingerprint import fingerprint
+from tasks.filter_docs import funnel_digest, load_funnel
 
 STAGE_VERSION = 1
 CORPUS_DB = "corpus.duckdb"
@@ -256,9 +257,18 @@ def iter_kept_ids(db_path: Path, batch: int = 10_000) -> Iterator[list[str]]:
 
 @task(name="dedup")
 def dedup_docs(
-    root: str, docs: list[Manifest], signatures: list[Manifest], cfg: DedupConfig
+    root: str,
+    docs: list[Manifest],
+    signatures: list[Manifest],
+    cfg: DedupConfig,
+    funnel: list[Manifest] | None = None,
 ) -> Manifest:
-    """Near-duplicate clusters over the whole corpus; keeps each cluster's first document."""
+    """Near-duplicate clusters over the whole corpus; keeps each cluster's first document.
+
+    `funnel`: the per-WARC manifests of the stages before (url_filter, extract, filter),
+    whose counts become the `funnel` table (and filter's dropped.parquet the
+    `dropped_samples` table) of corpus.duckdb.
+    """
     if len(docs) != len(signatures):
         raise CorpusMismatch(f"{len(docs)} docs manifests, {len(signatures)} signature manifests")
     for d, s in zip(docs, signatures, strict=True):
@@ -269,10 +279,14 @@ def dedup_docs(
         (d.warc or d.key, d.path(base, "docs.parquet"), s.path(base, "signatures.parquet"))
         for d, s in zip(docs, signatures, strict=True)
     ]
-    key = stage_key(STAGE_VERSION, docs, signatures, cfg)
+    funnel = list(funnel or [])
+    key = stage_key(STAGE_VERSION, docs, signatures, cfg, *([funnel] if funnel else []))
     t0 = time.perf_counter()
     with ArtifactWriter(base, "dedup", key) as out:
         counts = dedup_corpus(files, out.path(CORPUS_DB))  # connection closed on return
+        if funnel:
+            with catalog.connect(out.path(CORPUS_DB)) as con:
+                load_funnel(con, base, funnel)
         log.info(
             "dedup: %d docs, %d kept, %d dropped in %d clusters (%.1fs)",
             counts["docs"],
@@ -285,4 +299,6 @@ def dedup_docs(
         # corpus.duckdb's bytes differ run to run; what it holds is the input documents
         # plus the keep/cluster decisions, so that is its fingerprint.
         content = fingerprint([d.fingerprint for d in docs], counts.pop("decisions_md5"))
+        if funnel:  # the funnel tables are part of what the file holds
+            content = fingerprint(content, funnel_digest(funnel))
         return out.commit(cfg, counts=counts, stats={"largest_cluster": largest}, content=content)

@@ -74,6 +74,7 @@ ALL = [
     "download",
     "url_filter",
     "extract",
+    "filter",
     "minhash",
     "dedup",
     "tokenizer",
@@ -115,8 +116,8 @@ def test_vocab_change_reruns_only_tokenizer_and_downstream(first_run, warcs):
     root, _, _ = first_run
     result = pipeline(config(root, warcs[:2], tokenizer={"vocab_size": 600}))
     s = statuses(result)
-    assert {k: s[k] for k in ALL[:5]} == {k: "cached" for k in ALL[:5]}
-    assert {k: s[k] for k in ALL[5:]} == {k: "ran" for k in ALL[5:]}
+    assert {k: s[k] for k in ALL[:6]} == {k: "cached" for k in ALL[:6]}
+    assert {k: s[k] for k in ALL[6:]} == {k: "ran" for k in ALL[6:]}
 
 
 def test_new_warc_runs_only_its_own_per_warc_stages(first_run, warcs):
@@ -125,7 +126,7 @@ def test_new_warc_runs_only_its_own_per_warc_stages(first_run, warcs):
     root, _, _ = first_run
     result = pipeline(config(root, warcs[:3], stop_after="dedup"))
     lines = {line.stage: line for line in result.lines}
-    for stage in ALL[:4]:
+    for stage in ALL[:5]:
         assert (lines[stage].ran, lines[stage].cached) == (1, 2), stage
     assert lines["dedup"].status == "ran"
     assert "tokenizer" not in lines  # stop_after ends the run after dedup
@@ -151,6 +152,7 @@ def test_force_reruns_a_stage_and_only_what_actually_changes(first_run):
     s = statuses(pipeline(forced))
     assert s["extract"] == "ran"
     assert s["download"] == s["url_filter"] == s["minhash"] == s["dedup"] == "cached"
+    assert s["filter"] == "cached"  # extract's output did not change
 
 
 def test_stop_after_stops_the_flow(first_run, warcs):
