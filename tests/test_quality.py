@@ -123,8 +123,14 @@ def test_fineweb_rules() -> None:
     assert fineweb_quality(short, FW) == "fineweb_short_line_ratio"
     dup_line = "This exact line appears on the page twice over."
     doubled = "\n".join([dup_line, PROSE[:1500], dup_line])
-    assert fineweb_quality(doubled, FW) == "fineweb_char_dup_ratio"  # ~3% of characters
-    assert fineweb_quality(doubled, FW.model_copy(update={"char_dup_ratio": 0.1})) is None
+    # ~3% of characters duplicated: kept at the paper's 0.1 (the default), dropped at
+    # datatrove's 0.01
+    assert fineweb_quality(doubled, FW) is None
+    assert fineweb_quality(doubled, FW.model_copy(update={"char_dup_ratio": 0.01})) == (
+        "fineweb_char_dup_ratio"
+    )
+    tripled = "\n".join([PROSE[:600], PROSE[600:1200], PROSE[:600]])
+    assert fineweb_quality(tripled, FW) == "fineweb_char_dup_ratio"  # a third duplicated
     listy = "\n".join(f"Item {i}." for i in range(40)) + "\n" + PROSE[:200]
     assert fineweb_quality(listy, FW.model_copy(update={"short_line_thr": 1.0})) == (
         "fineweb_list_ratio"
