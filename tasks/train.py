@@ -25,6 +25,8 @@ the artifact is committed.
 
 model.pt: the final state_dict, float32 (byte-identical for identical weights).
 config.json: {"model": GPT.spec(), "train": TrainConfig}.
+tokenizer.json: the tokenizer artifact's, so the directory alone exports
+(`python -m fineflow.export data/train/<key> OUT`, fineflow/export.py).
 metrics.json: {"step": [...], "train_loss": [...], "val_loss": x}, each logged loss
 the mean over the steps since the previous log (step 1 alone is logged too).
 metrics.duckdb: tables train_log (step, loss, lr, grad_norm, tokens_per_s, mfu,
@@ -65,11 +67,13 @@ from storage import layout
 from storage.artifacts import ArtifactWriter, Manifest, stage_key
 from storage.fingerprint import file_sha256, fingerprint
 from tasks.shard import read_shard
+from tasks.tokenizer import TOKENIZER_JSON
 
 STAGE_VERSION = 2
 CHECKPOINT_PREFIX = "ckpt_"  # ckpt_<step, 9 digits>.pt in the work dir
 RESULT = "result.pt"  # what torchrun's rank 0 hands back to the train task
 METRICS_DB = "metrics.duckdb"
+DETERMINISTIC_FILES = ("config.json", "metrics.json", "model.pt")
 FINAL_LOSS_POINTS = 3  # final_train_loss: mean of this many last logged losses
 VAL_BATCHES = 8  # the end-of-training val loss reads this many batches of the val shards
 
@@ -735,8 +739,10 @@ def train_model(root: str, shards: Manifest, tokenizer: Manifest, cfg: TrainConf
         # Timings: the one file whose bytes differ between identical runs, so the
         # fingerprint is a digest of the other files (which say what the model is).
         write_metrics_db(out.path(METRICS_DB), result.log_rows, result.info)
+        # The tokenizer travels with the weights: `python -m fineflow.export` needs both.
+        shutil.copyfile(tokenizer.path(Path(root), TOKENIZER_JSON), out.path(TOKENIZER_JSON))
         content = fingerprint(
-            [(n, file_sha256(out.path(n))) for n in ("config.json", "metrics.json", "model.pt")]
+            [(n, file_sha256(out.path(n))) for n in (*DETERMINISTIC_FILES, TOKENIZER_JSON)]
         )
         manifest = out.commit(
             cfg,

@@ -264,6 +264,7 @@ def test_train_model_task(tmp_path: Path) -> None:
         "config.json",
         "metrics.json",
         METRICS_DB,
+        "tokenizer.json",
     }
     assert manifest.counts == {"steps": 30, "tokens_seen": 30 * 4 * 16}
     assert not layout.work_dir(tmp_path, "train", manifest.key).exists()
