@@ -1,12 +1,20 @@
 """minhash: `docs.parquet` -> `signatures.parquet`, one LSH band key per document and band.
 
-Per WARC. Each text is normalised (NFKD, lowercase, diacritics and punctuation removed,
-digits -> 0, whitespace collapsed), cut into word n-gram shingles (n = 5; a shorter
-document is one shingle) and sketched with a datasketch MinHash of
-bands * rows = 14 * 8 = 112 permutations (scheme affine32, seed cfg.seed). The `rows`
-values of each band are hashed (blake2b, 8 bytes) into one uint64 key, so two documents
-whose shingle sets have Jaccard similarity s share a key in at least one band with
-probability 1 - (1 - s^8)^14: 0.05 at s = 0.5, 0.57 at 0.7, 0.92 at 0.8, 0.99 at 0.85.
+Per WARC, FineWeb's configuration: each text is normalised (NFKD, lowercase, diacritics
+and punctuation removed, digits -> 0, whitespace collapsed) and cut into word 5-gram
+shingles (a shorter document is one shingle). Each shingle gets a 64-bit hash: every
+word is hashed once (blake2b, 8 bytes, memoised per process) and the n word hashes are
+combined polynomially (h = h * P + w mod 2^64). A document's signature is datasketch's
+MinHash with the "affine64" scheme: 112 = 14 bands x 8 rows permutations
+(a * fmix64(h) + b mod 2^64, parameters drawn by datasketch from `seed`), 64-bit values
+like FineWeb's (datasketch's default "affine32" keeps 32 bits). The hot loop is numpy
+over a whole batch of documents; tests check it equals datasketch's own MinHash on the
+same shingles, hash function and permutations.
+
+The `rows` values of each band are mixed into one uint64 key (xor-multiply-fmix64, pure
+integer arithmetic, so keys agree across machines), so two documents whose shingle sets
+have Jaccard similarity s share a key in at least one band with probability
+1 - (1 - s^8)^14: 0.05 at s = 0.5, 0.57 at 0.7, 0.92 at 0.8, 0.99 at 0.85.
 
 signatures.parquet: id (str), band (int16), key (uint64); `bands` rows per document.
 """
@@ -30,11 +38,11 @@ from prefect import task
 from fineflow.config import MinHashConfig
 from storage.artifacts import ArtifactWriter, Manifest, stage_key
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 SIGNATURES = "signatures.parquet"
 SIGNATURE_SCHEMA = pa.schema([("id", pa.string()), ("band", pa.int16()), ("key", pa.uint64())])
 # Pinned so a datasketch release that changes its default scheme cannot silently change keys.
-_SCHEME = "affine32"
+_SCHEME = "affine64"
 _READ_BATCH = 1024  # documents per Parquet batch: bounded memory on any WARC size
 _ASCII_PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"  # includes symbols Unicode files under S*
 
@@ -77,27 +85,117 @@ def shingles(text: str, ngram: int) -> list[bytes]:
     return [" ".join(words[i : i + ngram]).encode() for i in range(len(words) - ngram + 1)]
 
 
+_P = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant (golden ratio), shingle combiner
+_M64 = (1 << 64) - 1
+_WORD_CACHE_MAX = 1 << 20  # distinct words memoised per process (~100 MB at most)
+_word_cache: dict[str, int] = {}
+
+
+def _word_hash(word: str) -> int:
+    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+
+
+def shingle_hash(shingle: bytes) -> int:
+    """The 64-bit hash of one shingle (its words joined by single spaces).
+
+    The scalar reference of what `_shingle_hashes` computes with numpy; given to
+    datasketch as `hashfunc` in the tests.
+    """
+    h = 0
+    for w in shingle.decode().split(" "):
+        h = (h * int(_P) + _word_hash(w)) & _M64
+    return h
+
+
+def _word_hashes(words: list[str]) -> np.ndarray:
+    cache = _word_cache
+    if len(cache) > _WORD_CACHE_MAX:
+        cache.clear()
+    out = np.empty(len(words), dtype=np.uint64)
+    for i, w in enumerate(words):
+        h = cache.get(w)
+        if h is None:
+            h = cache[w] = _word_hash(w)
+        out[i] = h
+    return out
+
+
+def _shingle_hashes(text: str, ngram: int) -> np.ndarray:
+    """Hashes of the text's word n-gram shingles, equal to `shingle_hash` of `shingles`."""
+    words = normalize_text(text).split(" ")
+    w = _word_hashes(words)
+    m = max(len(words) - ngram + 1, 1)
+    k = min(ngram, len(words))
+    h = w[0:m].copy()
+    with np.errstate(over="ignore"):
+        for j in range(1, k):
+            h *= _P
+            h += w[j : j + m]
+    return h
+
+
+_FMIX = (np.uint64(33), np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finalizer (the pre-mix datasketch's affine64 applies)."""
+    s, m1, m2 = _FMIX
+    h = h ^ (h >> s)
+    h *= m1
+    h ^= h >> s
+    h *= m2
+    h ^= h >> s
+    return h
+
+
+@cache
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine64 permutation parameters (a, b), each (num_perm,) uint64."""
+    a, b = MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME).permutations
+    return a.astype(np.uint64), b.astype(np.uint64)
+
+
+_CHUNK_SHINGLES = 16_384  # rows of the (shingles x permutations) matrix per numpy step
+
+
 def signatures(texts: Iterable[str], cfg: MinHashConfig) -> np.ndarray:
-    """MinHash values of each text: (len(texts), bands * rows) uint32."""
-    sets = [shingles(t, cfg.ngram) for t in texts]
-    if not sets:
-        return np.empty((0, cfg.bands * cfg.rows), dtype=np.uint32)
-    sketches = MinHash.generator(sets, num_perm=cfg.bands * cfg.rows, seed=cfg.seed, scheme=_SCHEME)
-    return np.stack([m.hashvalues for m in sketches]).astype(np.uint32, copy=False)
+    """MinHash values of each text: (len(texts), bands * rows) uint64."""
+    num_perm = cfg.bands * cfg.rows
+    a, b = permutations(num_perm, cfg.seed)
+    hashes = [_shingle_hashes(t, cfg.ngram) for t in texts]
+    out = np.empty((len(hashes), num_perm), dtype=np.uint64)
+    i = 0
+    with np.errstate(over="ignore"):
+        while i < len(hashes):
+            # Documents whose shingles together fill about one chunk: bounded memory.
+            j, rows = i, 0
+            while j < len(hashes) and (rows == 0 or rows + len(hashes[j]) <= _CHUNK_SHINGLES):
+                rows += len(hashes[j])
+                j += 1
+            hv = _fmix64(np.concatenate(hashes[i:j]))
+            phv = hv[:, None] * a[None, :]
+            phv += b[None, :]
+            starts = np.cumsum([0] + [len(h) for h in hashes[i : j - 1]])
+            out[i:j] = np.minimum.reduceat(phv, starts, axis=0)
+            i = j
+    return out
+
+
+def datasketch_signature(shingle_set: list[bytes], cfg: MinHashConfig) -> np.ndarray:
+    """The reference: datasketch's MinHash of the same shingles (slow; for tests)."""
+    m = MinHash(num_perm=cfg.bands * cfg.rows, seed=cfg.seed, scheme=_SCHEME, hashfunc=shingle_hash)
+    m.update_batch(shingle_set)
+    return m.hashvalues.astype(np.uint64)
 
 
 def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """One uint64 per (document, band): blake2b of the band's values as little-endian bytes."""
-    n = sigs.shape[0]
-    # Fixed byte order, so keys agree across machines as well as across processes.
-    blocks = np.ascontiguousarray(sigs.astype("<u4", copy=False).reshape(n, bands, rows))
-    width = rows * 4
-    raw = blocks.tobytes()
-    digests = b"".join(
-        hashlib.blake2b(raw[i : i + width], digest_size=8).digest()
-        for i in range(0, len(raw), width)
-    )
-    return np.frombuffer(digests, dtype="<u8").reshape(n, bands).astype(np.uint64)
+    """One uint64 per (document, band), mixed from the band's `rows` values."""
+    blocks = sigs.astype(np.uint64, copy=False).reshape(sigs.shape[0], bands, rows)
+    with np.errstate(over="ignore"):
+        k = np.full(blocks.shape[:2], np.uint64(rows), dtype=np.uint64)
+        for r in range(rows):
+            k = _fmix64((k ^ blocks[:, :, r]) * _P)
+    return k
 
 
 def _batches(path: Path) -> Iterator[tuple[list[str], list[str]]]:

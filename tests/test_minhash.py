@@ -17,6 +17,7 @@ from storage.artifacts import ArtifactWriter, Manifest
 from tasks.minhash import (
     SIGNATURES,
     band_keys,
+    datasketch_signature,
     minhash_docs,
     normalize_text,
     shingles,
@@ -160,3 +161,20 @@ def test_other_band_shapes(bands: int, rows: int) -> None:
     cfg = MinHashConfig(bands=bands, rows=rows)
     keys = band_keys(signatures([RIVER, RIVER], cfg), cfg.bands, cfg.rows)
     assert keys.shape == (2, bands) and (keys[0] == keys[1]).all()
+
+
+def test_fast_path_equals_datasketch_minhash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The numpy batch path is datasketch's affine64 MinHash over the same shingles."""
+    import tasks.minhash as mh
+
+    cfg = MinHashConfig()
+    texts = [LIGHTHOUSE, RIVER, "", "two words", LIGHTHOUSE + RIVER, _change_words(RIVER, {3: "x"})]
+    monkeypatch.setattr(mh, "_CHUNK_SHINGLES", 64)  # force several chunks per batch
+    fast = signatures(texts, cfg)
+    assert fast.dtype == np.uint64 and fast.shape == (len(texts), 112)
+    for text, row in zip(texts, fast, strict=True):
+        ref = datasketch_signature(shingles(text, cfg.ngram), cfg)
+        assert row.tolist() == ref.tolist()
+    assert (fast >= 2**32).any(), "64-bit hash values, not 32"
+    other_seed = signatures(texts[:1], MinHashConfig(seed=2))
+    assert other_seed[0].tolist() != fast[0].tolist()
