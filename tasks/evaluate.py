@@ -1,4 +1,4 @@
-"""evaluate: trained model + val shards + tokenizer -> `report.md`, `eval.json`.
+"""evaluate: trained model + val shards + tokenizer -> `report.md`, `eval.json`, `loss.png`.
 
 Corpus stage. The val loss and bits per byte are exact: the val shards are cut into
 non-overlapping windows of block_size tokens, so every token after a shard's first is
@@ -13,13 +13,20 @@ block_size - 1 tokens of context.
   mangles tokens that split a multi-byte character.
 
 Samples: each prompt, preceded by `<|endoftext|>` as every document is in the shards,
-continued by max_new_tokens tokens (temperature, top_k; a generator seeded with
-cfg.seed for each prompt, so a prompt's sample does not depend on the others), cut
-at the first `<|endoftext|>`.
+continued by max_new_tokens tokens (KV cache; temperature, top_k, top_p; a
+generator seeded with cfg.seed for each prompt, so a prompt's sample does not depend
+on the others), cut at the first `<|endoftext|>`.
+
+loss.png: the train artifact's logged train losses by step and the val loss (matplotlib,
+Agg backend, no timestamp in the file: same curve, same bytes). report.md links it by
+relative path; in a Prefect run the report is also published as a markdown artifact
+with the PNG inlined as a data: URI, since the UI cannot reach files on disk.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import logging
 import math
@@ -34,12 +41,14 @@ from tokenizers import Tokenizer
 
 from fineflow.config import EvaluateConfig
 from fineflow.model import GPT
+from fineflow.progress import in_prefect_run
 from storage.artifacts import ArtifactWriter, Manifest, stage_key
 from tasks.shard import read_shard
 from tasks.tokenizer import EOT, TOKENIZER_JSON, hf_encoder, load_tokenizer, token_byte_lengths
 from tasks.train import pick_device, shard_paths, target_losses
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2
+LOSS_PNG = "loss.png"
 EVAL_BATCH_TOKENS = 8192  # tokens per forward pass: batch = this // block_size windows
 FIRST_SAMPLE_CHARS = 80
 
@@ -95,6 +104,7 @@ def sample_texts(
             cfg.max_new_tokens,
             temperature=cfg.temperature,
             top_k=cfg.top_k,
+            top_p=cfg.top_p,
             generator=torch.Generator(device=device).manual_seed(cfg.seed),
         )
         new = out[0, idx.size(1) :].tolist()
@@ -119,8 +129,49 @@ def _fence(text: str) -> str:
     return "`" * max(3, longest + 1)
 
 
+def loss_curve_png(steps: list[int], losses: list[float], val_loss: float | None) -> bytes:
+    """The training loss curve as PNG bytes (deterministic for the same points)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=100)
+    try:
+        ax.plot(steps, losses, marker=".", label="train loss (mean since previous log)")
+        if val_loss is not None:
+            ax.axhline(val_loss, color="tab:orange", ls="--", label=f"val loss {val_loss:.3f}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("nats / token")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", metadata={"Software": None})
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def publish_report(markdown: str, png: bytes, key: str) -> None:
+    """The report as a Prefect markdown artifact (inside a Prefect run only)."""
+    if not in_prefect_run():
+        return
+    from prefect.artifacts import create_markdown_artifact
+
+    uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    try:
+        create_markdown_artifact(
+            markdown=markdown.replace(f"]({LOSS_PNG})", f"]({uri})"),
+            key="fineflow-report",
+            description=f"evaluate {key}: val loss, bits per byte, loss curve, samples",
+        )
+    except Exception as exc:  # the UI is a view: never fail a stage over it
+        log.warning("no report artifact: %s", exc)
+
+
 def render_report(figures: dict[str, Any], cfg: EvaluateConfig, samples: list[str]) -> str:
-    """The run's report in markdown: eval.json's figures, then each sample in a fenced block."""
+    """The run's report in markdown: eval.json's figures, the loss curve, each sample fenced."""
     f = figures
     lines = [
         "# fineflow: evaluation",
@@ -133,10 +184,14 @@ def render_report(figures: dict[str, Any], cfg: EvaluateConfig, samples: list[st
         f"| val loss | {f['val_loss']:.4f} nats/token ({f['val_tokens']:,} tokens) |",
         f"| bits per byte | {f['bits_per_byte']:.4f} ({f['val_bytes']:,} bytes) |",
         "",
+        "## Loss curve",
+        "",
+        f"![loss curve]({LOSS_PNG})",
+        "",
         "## Samples",
         "",
         f"{cfg.max_new_tokens} new tokens at temperature {cfg.temperature}, "
-        f"top-k {cfg.top_k}, seed {cfg.seed}.",
+        f"top-k {cfg.top_k}, top-p {cfg.top_p}, seed {cfg.seed}.",
     ]
     for prompt, text in zip(cfg.prompts, samples, strict=True):
         fence = _fence(text)
@@ -174,8 +229,13 @@ def evaluate_model(
         **{k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()},
     }
     first = samples[0].replace("\n", " ")[:FIRST_SAMPLE_CHARS] if samples else ""
+    curve = json.loads(model.path(Path(root), "metrics.json").read_text())
+    png = loss_curve_png(curve["step"], curve["train_loss"], curve.get("val_loss"))
+    report = render_report(figures, cfg, samples)
+    publish_report(report, png, key)
     with ArtifactWriter(Path(root), "evaluate", key) as out:
-        out.path("report.md").write_text(render_report(figures, cfg, samples))
+        out.path(LOSS_PNG).write_bytes(png)
+        out.path("report.md").write_text(report)
         samples_json = [{"prompt": p, "text": t} for p, t in zip(cfg.prompts, samples, strict=True)]
         out.path("eval.json").write_text(
             json.dumps({**figures, "samples": samples_json}, indent=1, sort_keys=True) + "\n"

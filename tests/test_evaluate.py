@@ -65,7 +65,9 @@ def test_evaluate_model_task(tmp_path: Path) -> None:
     manifest = evaluate_model.fn(str(tmp_path), model, shards, tokenizer, cfg)
 
     assert manifest.stage == "evaluate" and verify(tmp_path, manifest) is None
-    assert {f.path for f in manifest.files} == {"report.md", "eval.json"}
+    assert {f.path for f in manifest.files} == {"report.md", "eval.json", "loss.png"}
+    png = manifest.path(tmp_path, "loss.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
     val_ids = encode_docs(hf_encoder(tok), DOCS[:3], 0)
     assert manifest.counts == {"val_tokens": len(val_ids) - 1}
     ev = json.loads(manifest.path(tmp_path, "eval.json").read_text())
@@ -81,6 +83,7 @@ def test_evaluate_model_task(tmp_path: Path) -> None:
     assert f"{manifest.stats['bits_per_byte']:.4f}" in report
     assert f"| training steps | 30 ({model.counts['tokens_seen']:,} tokens) |" in report
     assert f"```text\n{samples[1]}\n```" in report
+    assert "![loss curve](loss.png)" in report and "top-p None" in report
 
     again = evaluate_model.fn(str(tmp_path), model, shards, tokenizer, cfg)  # seeded: same bytes
     assert again.fingerprint == manifest.fingerprint
