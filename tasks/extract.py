@@ -12,10 +12,16 @@ trafilatura.extract(favor_precision, include_comments from the config; no tables
 no dedup, no metadata); None -> dropped_empty, fewer than `min_chars` characters
 -> dropped_too_short. An exception is logged and counted skipped_error.
 
+trafilatura runs in `workers` sandbox processes (tasks/sandbox.py) fed one page at a
+time: a page that takes longer than `timeout_s` kills its worker (skipped_timeout,
+a fresh worker takes over), a worker that dies or hits its `worker_memory_mb`
+address-space cap counts skipped_crash; the rest of the WARC goes on. workers = 0
+extracts in-process (no timeout), for benchmarks and debugging.
+
 docs.parquet: id (record uuid), url, host, warc (file name), date, text,
 length (int64, characters); row groups of 1000 documents, in WARC order.
 Counts: total (kept by url_filter), kept, dropped_{empty,too_short,undecodable},
-skipped_{too_large,error,missing}, and decoded_lossy (kept or not).
+skipped_{too_large,error,timeout,crash,missing}, and decoded_lossy (kept or not).
 Stats: chars (characters of text kept).
 """
 
@@ -25,7 +31,8 @@ import codecs
 import logging
 import re
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -35,9 +42,10 @@ from prefect import task
 
 from fineflow.config import ExtractConfig
 from storage.artifacts import ArtifactWriter, Manifest, stage_key
+from tasks.sandbox import Sandbox
 from tasks.warc import WarcRecord, read_records_at
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 
 log = logging.getLogger("fineflow.extract")
 
@@ -61,6 +69,8 @@ COUNT_KEYS = (
     "dropped_undecodable",
     "skipped_too_large",
     "skipped_error",
+    "skipped_timeout",
+    "skipped_crash",
     "skipped_missing",
     "decoded_lossy",
 )
@@ -126,41 +136,50 @@ def _decode(payload: bytes, header_charset: str | None) -> tuple[str, str]:
     return payload.decode(fallback, errors="replace"), "lossy"
 
 
-def extract_main_text(html: str, cfg: ExtractConfig) -> str | None:
-    """trafilatura's main text of a page, None when it finds none."""
+def extract_main_text(html: str, favor_precision: bool, include_comments: bool) -> str | None:
+    """trafilatura's main text of a page, None when it finds none (runs in the sandbox)."""
     return trafilatura.extract(
         html,
-        favor_precision=cfg.favor_precision,
-        include_comments=cfg.include_comments,
+        favor_precision=favor_precision,
+        include_comments=include_comments,
         include_tables=False,
         deduplicate=False,
         with_metadata=False,
     )
 
 
-def document_text(record: WarcRecord, cfg: ExtractConfig, counts: Counter[str]) -> str | None:
-    """The kept text of one record, or None with the reason tallied in `counts`."""
+Extractor = Callable[[str, bool, bool], "str | None"]
+
+
+def prepare(record: WarcRecord, counts: Counter[str]) -> str | None:
+    """The decoded HTML of one record, or None with the reason tallied in `counts`."""
     if record.payload_status == "too_large":
         counts["skipped_too_large"] += 1
         return None
     if record.payload is None:
         counts["skipped_error"] += 1
         return None
-    try:
-        html, how = decode_html(record.payload, record.charset)
-        if html is None:
-            counts["dropped_undecodable"] += 1
-            return None
-        if how == "lossy":
-            counts["decoded_lossy"] += 1
-        text = extract_main_text(html, cfg)
-    except Exception as exc:  # one bad page must not stop the WARC
-        counts["skipped_error"] += 1
-        log.warning("%s: extraction failed: %s: %s", record.target_uri, type(exc).__name__, exc)
+    html, how = decode_html(record.payload, record.charset)
+    if html is None:
+        counts["dropped_undecodable"] += 1
         return None
-    if text is None:
+    if how == "lossy":
+        counts["decoded_lossy"] += 1
+    return html
+
+
+def judge_text(
+    status: str, value: object, url: str | None, cfg: ExtractConfig, counts: Counter[str]
+) -> str | None:
+    """The kept text for one sandbox result, or None with the reason tallied."""
+    if status != "ok":
+        counts[f"skipped_{status}"] += 1
+        log.warning("%s: extraction %s%s", url, status, f": {value}" if value else "")
+        return None
+    if value is None:
         counts["dropped_empty"] += 1
         return None
+    text = str(value)
     if len(text) < cfg.min_chars:
         counts["dropped_too_short"] += 1
         return None
@@ -168,8 +187,33 @@ def document_text(record: WarcRecord, cfg: ExtractConfig, counts: Counter[str]) 
     return text
 
 
+class _InProcess:
+    """The sandbox's interface without processes: workers = 0."""
+
+    def __init__(self, fn: Extractor) -> None:
+        self.fn = fn
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def map(self, inputs: Iterable[tuple]) -> Iterator[tuple[str, object]]:
+        for args in inputs:
+            try:
+                yield "ok", self.fn(*args)
+            except Exception as exc:  # one bad page must not stop the WARC
+                yield "error", f"{type(exc).__name__}: {exc}"
+
+
 def extract_docs(
-    warc: Path, records: Path, out: Path, cfg: ExtractConfig, warc_name: str | None = None
+    warc: Path,
+    records: Path,
+    out: Path,
+    cfg: ExtractConfig,
+    warc_name: str | None = None,
+    extractor: Extractor = extract_main_text,
 ) -> tuple[dict[str, int], int]:
     """docs.parquet from the kept rows of records.parquet; returns (counts, characters kept)."""
     kept = pq.read_table(
@@ -178,10 +222,11 @@ def extract_docs(
     wanted = {(r["offset"], r["id"]): r for r in kept}
     counts: Counter[str] = Counter(total=len(wanted))
     warc_name = warc_name or Path(warc).name
-    chars = 0
-    batch: list[dict] = []
     found = 0
-    with pq.ParquetWriter(out, DOCS_SCHEMA) as writer:
+    pending: deque[tuple[WarcRecord, dict]] = deque()  # pages in the sandbox, in order
+
+    def jobs() -> Iterator[tuple[str, bool, bool]]:
+        nonlocal found
         for rec in read_records_at(
             warc, (r["offset"] for r in kept), payload=True, max_payload_bytes=cfg.max_html_bytes
         ):
@@ -189,7 +234,21 @@ def extract_docs(
             if row is None:  # a request / metadata record sharing the member, or not kept
                 continue
             found += 1
-            text = document_text(rec, cfg, counts)
+            html = prepare(rec, counts)
+            if html is not None:
+                pending.append((rec, row))
+                yield html, cfg.favor_precision, cfg.include_comments
+
+    if cfg.workers:
+        pool = Sandbox(extractor, cfg.workers, cfg.timeout_s, cfg.worker_memory_mb)
+    else:
+        pool = _InProcess(extractor)
+    chars = 0
+    batch: list[dict] = []
+    with pq.ParquetWriter(out, DOCS_SCHEMA) as writer, pool:
+        for status, value in pool.map(jobs()):
+            rec, row = pending.popleft()
+            text = judge_text(status, value, rec.target_uri, cfg, counts)
             if text is None:
                 continue
             chars += len(text)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import sandbox_extractors
 from warc_factory import ARTICLES, Capture, article, build_warc, png_bytes, record_id
 
 import tasks.extract as extract_mod
@@ -97,6 +98,8 @@ def test_extract_docs_funnel(tmp_path: Path, warc: tuple[Path, Path]) -> None:
         "dropped_undecodable": 1,
         "skipped_too_large": 1,
         "skipped_error": 0,
+        "skipped_timeout": 0,
+        "skipped_crash": 0,
         "skipped_missing": 0,
         "decoded_lossy": 1,
     }
@@ -126,23 +129,49 @@ def test_extract_docs_funnel(tmp_path: Path, warc: tuple[Path, Path]) -> None:
 def test_errors_are_counted_and_the_run_goes_on(
     tmp_path: Path, warc: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = extract_mod.trafilatura.extract
-
-    def flaky(html: str, **kw):
-        if "rock pool" in html:
-            raise RuntimeError("parser exploded")
-        return real(html, **kw)
-
-    monkeypatch.setattr(extract_mod.trafilatura, "extract", flaky)
     monkeypatch.setattr(extract_mod, "ROW_GROUP", 2)
     path, records = warc
     out = tmp_path / "docs.parquet"
 
-    counts, _ = extract_docs(path, records, out, CFG)
+    counts, _ = extract_docs(path, records, out, CFG, extractor=sandbox_extractors.flaky)
 
     assert counts["skipped_error"] == 2  # both pages about rock pools
     assert counts["kept"] == 4
     assert pq.ParquetFile(out).metadata.num_row_groups == 2  # 4 docs in groups of 2
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_hanging_or_dying_page_costs_only_itself(tmp_path: Path, workers: int) -> None:
+    caps = [
+        Capture("https://a.example/1", article(0).encode()),
+        Capture("https://hang.example/", article(1, extra=" HANG").encode()),
+        Capture("https://b.example/2", article(2).encode()),
+        Capture("https://die.example/", article(3, extra=" DIE").encode()),
+        Capture("https://c.example/3", article(0, extra=" again").encode()),
+    ]
+    path = tmp_path / "h.warc.gz"
+    build_warc(path, caps)
+    blocklist = tmp_path / "domains"
+    blocklist.write_text("")
+    records = tmp_path / "records.parquet"
+    filter_warc(path, records, UrlFilterConfig(blocklist=blocklist))
+    cfg = ExtractConfig(workers=workers, timeout_s=2.0)
+    out = tmp_path / "docs.parquet"
+
+    counts, _ = extract_docs(path, records, out, cfg, extractor=sandbox_extractors.hangs_or_dies)
+
+    assert (counts["skipped_timeout"], counts["skipped_crash"], counts["kept"]) == (1, 1, 3)
+    urls = [d["url"] for d in pq.read_table(out).to_pylist()]
+    assert urls == ["https://a.example/1", "https://b.example/2", "https://c.example/3"]
+
+
+def test_in_process_mode_gives_the_same_documents(tmp_path: Path, warc: tuple[Path, Path]) -> None:
+    path, records = warc
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    assert extract_docs(path, records, a, CFG) == extract_docs(
+        path, records, b, CFG.model_copy(update={"workers": 0})
+    )
+    assert pq.read_table(a).equals(pq.read_table(b))
 
 
 def test_task_on_upstream_manifests(tmp_path: Path) -> None:

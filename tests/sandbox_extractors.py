@@ -1,0 +1,28 @@
+"""Extractors for the sandbox tests: real trafilatura, except on pages carrying a marker.
+
+They live in a module of their own because a sandbox worker imports its function by
+name (a test's monkeypatch does not reach another process).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from tasks.extract import extract_main_text
+
+
+def flaky(html: str, favor_precision: bool, include_comments: bool) -> str | None:
+    """Raises on pages about rock pools."""
+    if "rock pool" in html:
+        raise RuntimeError("parser exploded")
+    return extract_main_text(html, favor_precision, include_comments)
+
+
+def hangs_or_dies(html: str, favor_precision: bool, include_comments: bool) -> str | None:
+    """Never returns on "HANG" pages, kills its own process on "DIE" pages."""
+    if "HANG" in html:
+        time.sleep(3600)
+    if "DIE" in html:
+        os._exit(3)
+    return extract_main_text(html, favor_precision, include_comments)
