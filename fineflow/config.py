@@ -237,7 +237,15 @@ class MinHashConfig(_Config):
 
 
 class DedupConfig(_Config):
-    pass
+    scope: Literal["crawl", "global"] = Field(
+        default="crawl", description="compare documents within their crawl (FineWeb) or all"
+    )
+    memory_limit: str = Field(
+        default="4GB",
+        pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="DuckDB memory_limit; past it DuckDB spills to a scratch directory",
+    )
+    threads: int | None = Field(default=None, ge=1, description="DuckDB threads (None: all)")
 
 
 class TokenizerConfig(_Config):

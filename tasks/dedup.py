@@ -1,12 +1,30 @@
 """dedup: all WARCs' docs.parquet + signatures.parquet -> `corpus.duckdb`, one doc per cluster.
 
-Corpus stage. DuckDB loads the band keys of all WARCs and groups them by (band, key):
-every document of a group with more than one member gets an edge to the group's first
-document. Union-find over those edges (only documents with a candidate duplicate ever
-enter Python) makes the clusters; each cluster keeps its first document in corpus order
-(WARC order as given, then row order within the WARC) and drops the rest. Candidates
-are not re-verified by exact Jaccard: a pair sharing a band is likely above ~0.7 similar
-(14 bands x 8 rows, FineWeb's setting; see tasks/minhash.py).
+Corpus stage. DuckDB loads the band keys of all WARCs and groups them by (scope, band,
+key): every document of a group with more than one member gets an edge to the group's
+first document. Union-find over those edges (only documents with a candidate duplicate
+ever enter Python) makes the clusters. Candidates are not re-verified by exact Jaccard: a
+pair sharing a band is likely above ~0.7 similar (14 bands x 8 rows, FineWeb's setting;
+see tasks/minhash.py).
+
+First-seen order, incremental by construction: corpus order is WARC order as given (new
+WARCs are appended), then row order within the WARC. The WARCs are decided one at a
+time: a document is kept iff, once the edges of its own WARC are added, it is the first
+document of its cluster; so a document joining an earlier cluster is dropped, each new
+cluster keeps its first document, and no later WARC can turn an earlier decision round.
+(A later document that bridges two earlier clusters merges them into one cluster with
+two kept documents, each kept when it was first seen.) Adding a WARC therefore
+re-decides only the new WARC's documents; the old WARCs' signatures are their cached
+minhash artifacts, read as they are.
+
+Scope (DedupConfig.scope): "crawl" (FineWeb's choice: documents are only compared within
+their crawl) or "global". A WARC's crawl is the CC-MAIN-YYYY-WW id in its name or path;
+failing that, the ISO week of the CC-MAIN-<timestamp> in its file name ("week-2024-09",
+an approximation: a crawl takes about two weeks, so it may split in two scopes, which
+errs towards keeping); failing that, "unknown".
+
+DuckDB runs under DedupConfig.memory_limit and spills to a scratch directory beside the
+artifact, so the corpus never has to fit in memory (bench/dedup.py: 1M documents).
 
 corpus.duckdb: tables `documents` and `dedup_stats` (see storage/catalog.py).
 """
@@ -14,9 +32,12 @@ corpus.duckdb: tables `documents` and `dedup_stats` (see storage/catalog.py).
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +47,12 @@ import pyarrow as pa
 from prefect import task
 
 from fineflow.config import DedupConfig
-from storage import catalog
+from storage import catalog, layout
 from storage.artifacts import ArtifactWriter, Manifest, stage_key
 from storage.fingerprint import fingerprint
 from tasks.filter_docs import funnel_digest, load_funnel
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 CORPUS_DB = "corpus.duckdb"
 _EDGE_BATCH = 1 << 16
 _READ_WINDOW = 8192  # ordinals per range query in iter_kept_*: bounded sorts, zonemap-pruned
@@ -62,6 +83,59 @@ def clusters_from_edges(edges: Iterable[tuple[int, int]]) -> dict[int, int]:
     return {x: find(x) for x in parent}
 
 
+_CRAWL_ID = re.compile(r"CC-MAIN-(\d{4})-(\d{2})(?!\d)")
+_CRAWL_TS = re.compile(r"CC-MAIN-(\d{4})(\d{2})(\d{2})\d{6}-")
+
+
+def crawl_of(warc: str) -> str:
+    """The crawl a WARC belongs to, from its name or path (see the module docstring)."""
+    if m := _CRAWL_ID.search(warc):
+        return m.group(0)
+    if m := _CRAWL_TS.search(warc):
+        year, week, _ = date(*map(int, m.groups())).isocalendar()
+        return f"week-{year}-{week:02d}"
+    return "unknown"
+
+
+def first_seen_clusters(
+    edges: Iterable[tuple[int, int, int, int]],
+) -> tuple[dict[int, int], set[int]]:
+    """Union-find decided WARC by WARC: (node -> final cluster root, nodes dropped).
+
+    `edges` are (generation, node, earlier node, its generation) sorted by generation,
+    where a node's generation is its WARC's index. A node is dropped iff it is not the
+    root of its cluster once its own generation's edges are in; roots are the smallest
+    node. A node first met in a later generation had no edge in its own: it was kept.
+    """
+    parent: dict[int, int] = {}
+    gen_of: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        parent.setdefault(x, x)
+        while (p := parent[x]) != x:
+            parent[x] = parent[p]
+            x = parent[x]
+        return x
+
+    dropped: set[int] = set()
+    pending: list[int] = []  # nodes of the current generation
+    current = None
+    for gen, a, b, gen_b in edges:
+        if gen != current:
+            dropped.update(x for x in pending if find(x) != x)
+            pending, current = [], gen
+        for x, g in ((a, gen), (b, gen_b)):
+            if x not in gen_of:
+                gen_of[x] = g
+                if g == gen:
+                    pending.append(x)
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    dropped.update(x for x in pending if find(x) != x)
+    return {x: find(x) for x in parent}, dropped
+
+
 def _fail_on_rows(con: duckdb.DuckDBPyConnection, sql: str, message: str) -> None:
     rows = con.execute(sql + " LIMIT 5").fetchall()
     if rows:
@@ -69,19 +143,27 @@ def _fail_on_rows(con: duckdb.DuckDBPyConnection, sql: str, message: str) -> Non
         raise CorpusMismatch(f"{message}; e.g. {examples}")
 
 
-def _load_ids(con: duckdb.DuckDBPyConnection, files: list[tuple[str, Path, Path]]) -> None:
-    """Temp tables files, doc_ids(warc_index, row, id, ordinal), bands(ordinal, band, key).
+def _load_ids(
+    con: duckdb.DuckDBPyConnection, files: list[tuple[str, Path, Path]], scopes: list[str]
+) -> None:
+    """Temp tables files, doc_ids(warc_index, row, id, ordinal),
+    bands(ordinal, warc_index, scope_id, band, key).
 
     Checks on the way that ids are unique and that docs and signatures name the same
     documents, WARC by WARC. Only id columns are read until then: Parquet projection
     leaves the texts on disk.
     """
     con.execute(
-        "CREATE TEMP TABLE files (warc_index INTEGER, warc VARCHAR, docs VARCHAR, sigs VARCHAR)"
+        "CREATE TEMP TABLE files (warc_index INTEGER, warc VARCHAR, docs VARCHAR, sigs VARCHAR,"
+        " scope_id INTEGER)"
     )
+    scope_ids: dict[str, int] = {}
     con.executemany(
-        "INSERT INTO files VALUES (?, ?, ?, ?)",
-        [(i, warc, str(d), str(s)) for i, (warc, d, s) in enumerate(files)],
+        "INSERT INTO files VALUES (?, ?, ?, ?, ?)",
+        [
+            (i, warc, str(d), str(s), scope_ids.setdefault(scope, len(scope_ids)))
+            for i, ((warc, d, s), scope) in enumerate(zip(files, scopes, strict=True))
+        ],
     )
     sigs = {"sigs": [str(s) for _, _, s in files]}
     con.execute(
@@ -120,11 +202,11 @@ def _load_ids(con: duckdb.DuckDBPyConnection, files: list[tuple[str, Path, Path]
         "documents without signatures (warc / id)",
     )
     con.execute("DROP TABLE sig_ids")
-    # Band keys by ordinal: three numbers a row, however long the ids are.
+    # Band keys by ordinal: five numbers a row, however long the ids are.
     con.execute(
         """
         CREATE TEMP TABLE bands AS
-        SELECT d.ordinal, s.band, s.key
+        SELECT d.ordinal, f.warc_index, f.scope_id, s.band, s.key
         FROM read_parquet($sigs, filename = true) s JOIN files f ON s.filename = f.sigs
         JOIN doc_ids d ON d.warc_index = f.warc_index AND d.id = s.id
         """,
@@ -132,26 +214,44 @@ def _load_ids(con: duckdb.DuckDBPyConnection, files: list[tuple[str, Path, Path]
     )
 
 
-def _edges(con: duckdb.DuckDBPyConnection) -> Iterator[tuple[int, int]]:
-    """(document, first document of a shared band bucket), as ordinals; streamed."""
+def _edges(con: duckdb.DuckDBPyConnection) -> Iterator[tuple[int, int, int, int]]:
+    """(WARC index, document, first document of its shared bucket, that one's WARC index),
+    in WARC order; streamed."""
     reader = con.sql(
         """
-        WITH g AS (SELECT band, key, min(ordinal) AS root FROM bands
-                   GROUP BY band, key HAVING count(*) > 1)
-        SELECT DISTINCT b.ordinal, g.root FROM bands b JOIN g USING (band, key)
+        WITH g AS (SELECT scope_id, band, key, min(ordinal) AS root,
+                          arg_min(warc_index, ordinal) AS root_warc FROM bands
+                   GROUP BY scope_id, band, key HAVING count(*) > 1)
+        SELECT DISTINCT b.warc_index, b.ordinal, g.root, g.root_warc
+        FROM bands b JOIN g USING (scope_id, band, key)
         WHERE b.ordinal <> g.root
+        ORDER BY b.warc_index
         """
     ).to_arrow_reader(_EDGE_BATCH)
     for batch in reader:
-        yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
+        yield from zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True)
 
 
-def dedup_corpus(files: list[tuple[str, Path, Path]], db_path: Path) -> dict[str, int]:
+def dedup_corpus(
+    files: list[tuple[str, Path, Path]],
+    db_path: Path,
+    cfg: DedupConfig | None = None,
+    scratch: Path | None = None,
+) -> dict[str, int]:
     """Build the corpus database from (warc name, docs.parquet, signatures.parquet) triples."""
+    cfg = cfg or DedupConfig()
+    scopes = [crawl_of(w) if cfg.scope == "crawl" else "global" for w, _, _ in files]
     with catalog.connect(db_path) as con:
+        con.execute(f"SET memory_limit = '{cfg.memory_limit}'")
+        con.execute("SET preserve_insertion_order = false")
+        if cfg.threads:
+            con.execute(f"SET threads = {cfg.threads}")
+        if scratch is not None:
+            scratch.mkdir(parents=True, exist_ok=True)
+            con.execute("SET temp_directory = ?", [str(scratch)])
         catalog.create_corpus_tables(con)
-        _load_ids(con, files)
-        root_of = clusters_from_edges(_edges(con))
+        _load_ids(con, files, scopes)
+        root_of, dropped = first_seen_clusters(_edges(con))
         sizes = Counter(root_of.values())
         members = np.fromiter(root_of.keys(), dtype=np.int64, count=len(root_of))
         roots = np.fromiter(root_of.values(), dtype=np.int64, count=len(root_of))
@@ -160,12 +260,13 @@ def dedup_corpus(files: list[tuple[str, Path, Path]], db_path: Path) -> dict[str
                 "ordinal": members,
                 "root": roots,
                 "size": np.array([sizes[r] for r in roots.tolist()], dtype=np.int32),
+                "kept": np.array([m not in dropped for m in members.tolist()], dtype=bool),
             }
         )
         con.register("clusters_arrow", clusters)
         con.execute("CREATE TEMP TABLE clusters AS SELECT * FROM clusters_arrow")
         con.unregister("clusters_arrow")
-        del root_of, members, roots, clusters
+        del root_of, dropped, members, roots, clusters
         for i, (_, docs_path, _) in enumerate(files):
             # One WARC at a time: the sort by row stays small and the table is stored in
             # corpus order, which iter_kept_texts' ordinal windows rely on for speed.
@@ -174,7 +275,7 @@ def dedup_corpus(files: list[tuple[str, Path, Path]], db_path: Path) -> dict[str
                 INSERT INTO documents
                 SELECT d.id, i.ordinal, d.url, d.host, d.warc, CAST(d.date AS VARCHAR), d.text,
                        d.length, coalesce(r.id, d.id), coalesce(c.size, 1),
-                       c.root IS NULL OR c.root = i.ordinal
+                       c.root IS NULL OR c.kept
                 FROM read_parquet($path, file_row_number = true) d
                 JOIN doc_ids i ON i.warc_index = $w AND i.row = d.file_row_number
                 LEFT JOIN clusters c ON c.ordinal = i.ordinal
@@ -283,7 +384,11 @@ def dedup_docs(
     key = stage_key(STAGE_VERSION, docs, signatures, cfg, *([funnel] if funnel else []))
     t0 = time.perf_counter()
     with ArtifactWriter(base, "dedup", key) as out:
-        counts = dedup_corpus(files, out.path(CORPUS_DB))  # connection closed on return
+        scratch = layout.work_dir(base, "dedup", key)  # DuckDB spills here, not in the artifact
+        try:
+            counts = dedup_corpus(files, out.path(CORPUS_DB), cfg, scratch)  # closed on return
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         if funnel:
             with catalog.connect(out.path(CORPUS_DB)) as con:
                 load_funnel(con, base, funnel)

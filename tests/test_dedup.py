@@ -16,7 +16,9 @@ from tasks.dedup import (
     CORPUS_DB,
     CorpusMismatch,
     clusters_from_edges,
+    crawl_of,
     dedup_docs,
+    first_seen_clusters,
     iter_kept_ids,
     iter_kept_texts,
 )
@@ -190,3 +192,88 @@ def test_clusters_from_edges_is_transitive_and_rooted_at_the_first() -> None:
     roots = clusters_from_edges([(9, 4), (4, 7), (3, 5), (7, 2), (8, 8)])
     assert roots == {9: 2, 4: 2, 7: 2, 2: 2, 3: 3, 5: 3, 8: 8}
     assert clusters_from_edges([]) == {}
+
+
+def _sigs(root: Path, warc: str, keys: dict[str, dict[int, int]]) -> Manifest:
+    """A hand-made signatures artifact: doc id -> {band: key}; other bands get unique keys."""
+    rows = []
+    for n, (doc, planted) in enumerate(keys.items()):
+        for band in range(14):
+            rows.append((doc, band, planted.get(band, hash((warc, n, band)) & (2**63 - 1))))
+    table = pa.table(
+        {
+            "id": [r[0] for r in rows],
+            "band": pa.array([r[1] for r in rows], pa.int16()),
+            "key": pa.array([r[2] for r in rows], pa.uint64()),
+        }
+    )
+    with ArtifactWriter(root, "minhash", f"s-{warc}", warc=warc) as out:
+        pq.write_table(table, out.path("signatures.parquet"))
+        return out.commit(None)
+
+
+def _decisions(root: Path, m: Manifest) -> dict[str, tuple[bool, str, int]]:
+    with catalog.connect(m.path(root, CORPUS_DB), read_only=True) as con:
+        rows = con.execute("SELECT id, keep, cluster_id, cluster_size FROM documents").fetchall()
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+def test_a_new_warc_never_flips_an_earlier_kept_document(tmp_path: Path) -> None:
+    # A and B share no band; C (a later WARC) shares a band with each: it bridges them.
+    w = [f"CC-MAIN-2024-10-{i}.warc.gz" for i in range(3)]
+    docs = [
+        _extract(tmp_path, w[0], [("A", BREAD), ("A2", POST)]),
+        _extract(tmp_path, w[1], [("B", CHESS), ("B2", BEES)]),
+        _extract(tmp_path, w[2], [("C", TIDES), ("D", BICYCLE), ("D2", BICYCLE)]),
+    ]
+    sigs = [
+        _sigs(tmp_path, w[0], {"A": {0: 1}, "A2": {}}),
+        _sigs(tmp_path, w[1], {"B": {1: 2}, "B2": {5: 9}}),
+        _sigs(tmp_path, w[2], {"C": {0: 1, 1: 2}, "D": {5: 9}, "D2": {7: 7}}),
+    ]
+    before = _decisions(tmp_path, dedup_docs.fn(str(tmp_path), docs[:2], sigs[:2], DedupConfig()))
+    assert all(keep for keep, _, _ in before.values())
+    after = _decisions(tmp_path, dedup_docs.fn(str(tmp_path), docs, sigs, DedupConfig()))
+    for doc, (keep, _, _) in before.items():
+        assert after[doc][0] == keep, f"{doc} flipped"
+    # C joined the earlier clusters and goes; A and B were each kept when first seen.
+    assert after["C"] == (False, "A", 3) and after["B"] == (True, "A", 3)
+    assert after["D"] == (False, "B2", 2)  # a duplicate of an earlier WARC's document
+    assert after["D2"][0] is True
+    # Everything at once decides the same way as WARC after WARC.
+    assert _decisions(tmp_path, dedup_docs.fn(str(tmp_path), docs, sigs, DedupConfig())) == after
+
+
+def test_scope_per_crawl_or_global(tmp_path: Path) -> None:
+    names = [
+        "crawl-data/CC-MAIN-2024-10/x/CC-MAIN-20240220000000-20240220010000-00000.warc.gz",
+        "CC-MAIN-2024-18.part-00001.warc.gz",
+    ]
+    docs = [_extract(tmp_path, n, [(f"d{i}", BREAD)]) for i, n in enumerate(names)]
+    sigs = [minhash_docs.fn(str(tmp_path), d, MinHashConfig()) for d in docs]
+    per_crawl = dedup_docs.fn(str(tmp_path), docs, sigs, DedupConfig())
+    assert per_crawl.counts["dropped_duplicate"] == 0  # the same page in two crawls stays
+    everything = dedup_docs.fn(str(tmp_path), docs, sigs, DedupConfig(scope="global"))
+    assert _decisions(tmp_path, everything)["d1"] == (False, "d0", 2)
+
+
+def test_crawl_of_names_and_paths() -> None:
+    assert crawl_of("crawl-data/CC-MAIN-2024-10/segments/1/warc/x.warc.gz") == "CC-MAIN-2024-10"
+    assert crawl_of("CC-MAIN-20240301000000-20240301010000-00000.warc.gz") == "week-2024-09"
+    assert crawl_of("my.warc.gz") == "unknown"
+
+
+def test_first_seen_clusters_decides_each_generation_once() -> None:
+    # gen 0: 1~0; gen 1: 3~2; gen 2: 4 bridges 0 and 2; 5~4 in the same generation
+    edges = [(0, 1, 0, 0), (1, 3, 2, 1), (2, 4, 0, 0), (2, 4, 2, 1), (2, 5, 4, 2), (2, 7, 6, 1)]
+    roots, dropped = first_seen_clusters(edges)
+    assert dropped == {1, 3, 4, 5, 7}  # 6: first met in gen 2, but kept in its own gen 1
+    assert set(roots.values()) == {0, 6}
+    assert first_seen_clusters([]) == ({}, set())
+
+
+def test_dedup_spills_under_a_small_memory_limit(corpus) -> None:
+    root, docs, sigs, m = corpus
+    small = dedup_docs.fn(str(root), docs, sigs, DedupConfig(memory_limit="64MB", threads=1))
+    assert small.fingerprint == m.fingerprint  # same decisions under any memory limit
+    assert not list(root.glob("dedup/.*.work"))  # the scratch directory is removed
