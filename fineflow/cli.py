@@ -2,6 +2,7 @@
 
     fineflow run [--preset NAME] [--config FILE] [--set train.steps=100 ...] [--stop-after STAGE]
     fineflow rerun STAGE [...]     same, with STAGE's cache refreshed
+    fineflow status [...]          per stage: cached, stale or will run; runs nothing
 
 The config file is JSON or YAML shaped like PipelineConfig; `--set` overrides one
 field by its dotted name. A bad value fails before anything runs, naming the field.
@@ -147,7 +148,7 @@ def print_summary(result, cfg: PipelineConfig, seconds: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fineflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "rerun"):
+    for name in ("run", "rerun", "status"):
         p = sub.add_parser(name)
         if name == "rerun":
             p.add_argument("stage", choices=STAGES, help="stage whose cache is refreshed")
@@ -166,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     _quiet_prefect()
+    if args.command == "status":
+        from fineflow.status import describe
+
+        print(describe(cfg))
+        return 0
     from flows.pipeline import pipeline  # imports Prefect: after the config is known good
 
     start = time.monotonic()

@@ -1,0 +1,167 @@
+"""`fineflow status`: what a run of a config would take from the cache, without running it.
+
+Each stage's cache key is computed the way `storage.cache.StageCache` computes it
+(task name + STAGE_VERSION + task source + the task's inputs), walking the DAG in
+run order: a stage's inputs are the manifests its upstream stages would hand it,
+read from their cache records. So the answer is exact while every upstream stage is
+cached; below the first stage that will run, its inputs are not known until it runs
+(its output may come out the same, and then downstream stays cached), and the stage
+says `unknown`. A Common Crawl slice is known once its listing is in the cache.
+
+This mirrors the wiring of flows/data.py and flows/train.py (which arguments each
+task gets); tests/test_cli.py holds the two together (a finished run reads all cached).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from fineflow.config import PipelineConfig
+from storage import layout
+from storage.artifacts import Manifest, verify
+from storage.fingerprint import fingerprint
+
+CACHED, STALE, RUNS, FORCED, UNKNOWN = "cached", "stale", "will run", "forced", "unknown"
+
+
+@dataclass(frozen=True)
+class StageStatus:
+    stage: str
+    states: tuple[str, ...]  # one per task run (per WARC for per-WARC stages)
+    detail: str = ""
+
+    @property
+    def summary(self) -> str:
+        if not self.states:
+            return UNKNOWN
+        counts = {s: self.states.count(s) for s in dict.fromkeys(self.states)}
+        if len(counts) == 1:
+            return self.states[0]
+        return ", ".join(f"{s} {n}/{len(self.states)}" for s, n in counts.items())
+
+    def __str__(self) -> str:
+        return f"{self.stage:<11} {self.summary:<22} {self.detail}"
+
+
+def cache_key(task: Any, root: str, *args: Any) -> str:
+    """The key StageCache gives `task` called with (root, *args)."""
+    from prefect.cache_policies import TASK_SOURCE
+
+    module = inspect.getmodule(task.fn)
+    inputs = dict(inspect.signature(task.fn).bind(root, *args).arguments)
+    source = TASK_SOURCE.compute_key(SimpleNamespace(task=task), inputs, {})
+    return f"{task.name}-{fingerprint(module.STAGE_VERSION, source, inputs)[:32]}"
+
+
+def lookup(task: Any, cfg: PipelineConfig, stage: str, *args: Any) -> tuple[str, Any]:
+    """(state, cached result or None) of one task run with these inputs."""
+    from prefect._internal.result_records import ResultRecord
+
+    root = cfg.data_root
+    if stage in cfg.force:
+        return FORCED, None
+    record = layout.results_dir(root) / cache_key(task, str(root), *args)
+    if not record.is_file():
+        return RUNS, None
+    try:
+        result = ResultRecord.deserialize(record.read_bytes()).result
+    except Exception:
+        return STALE, None
+    ms = result if isinstance(result, list) else [result]
+    if any(isinstance(m, Manifest) and verify(root, m) for m in ms):
+        return STALE, None
+    return CACHED, result
+
+
+def pipeline_status(cfg: PipelineConfig) -> list[StageStatus]:
+    """Per stage, in run order: cached / stale / will run / forced / unknown."""
+    from flows.data import describe_sources
+    from tasks.dedup import dedup_docs
+    from tasks.download import download_warc, list_common_crawl
+    from tasks.evaluate import evaluate_model
+    from tasks.extract import extract_text
+    from tasks.filter_docs import filter_documents
+    from tasks.minhash import minhash_docs
+    from tasks.shard import shard_tokens
+    from tasks.tokenizer import train_tokenizer
+    from tasks.train import train_model
+    from tasks.url_filter import filter_urls
+
+    out: list[StageStatus] = []
+    uris = list(cfg.sources.warcs)
+    if cfg.sources.common_crawl is not None:
+        state, urls = lookup(list_common_crawl, cfg, "download", cfg.sources.common_crawl)
+        if urls is None:
+            return [StageStatus("download", (), "the crawl's WARC list is not cached yet")]
+        uris += urls
+
+    per_warc = (
+        ("download", download_warc, lambda m, s: (s, cfg.download)),
+        ("url_filter", filter_urls, lambda m, s: (m["download"], cfg.url_filter)),
+        ("extract", extract_text, lambda m, s: (m["download"], m["url_filter"], cfg.extract)),
+        ("filter", filter_documents, lambda m, s: (m["extract"], cfg.filter)),
+        ("minhash", minhash_docs, lambda m, s: (m["filter"], cfg.minhash)),
+    )
+    chains: list[dict[str, Any]] = [{} for _ in uris]
+    sources = describe_sources(uris)
+    for stage, task, args in per_warc:
+        states = []
+        for chain, source in zip(chains, sources, strict=True):
+            if any(v is None for v in chain.values()):
+                states.append(UNKNOWN)
+                chain[stage] = None
+                continue
+            state, chain[stage] = lookup(task, cfg, stage, *args(chain, source))
+            states.append(state)
+        out.append(StageStatus(stage, tuple(states), f"{len(sources)} WARCs"))
+
+    if any(v is None for c in chains for v in c.values()):
+        corpus = None
+        out.append(StageStatus("dedup", (UNKNOWN,), "a per-WARC stage will run first"))
+    else:
+        col = {s: [c[s] for c in chains] for s in chains[0]} if chains else {}
+        funnel = col["url_filter"] + col["extract"] + col["filter"]
+        state, corpus = lookup(
+            dedup_docs, cfg, "dedup", col["filter"], col["minhash"], cfg.dedup, funnel
+        )
+        out.append(StageStatus("dedup", (state,), corpus.dir if corpus else ""))
+
+    m: dict[str, Any] = {"corpus": corpus}
+    corpus_stages = (
+        ("tokenizer", train_tokenizer, lambda: (m["corpus"], cfg.tokenizer)),
+        ("shard", shard_tokens, lambda: (m["corpus"], m["tokenizer"], cfg.shard)),
+        ("train", train_model, lambda: (m["shard"], m["tokenizer"], cfg.train)),
+        (
+            "evaluate",
+            evaluate_model,
+            lambda: (m["train"], m["shard"], m["tokenizer"], cfg.evaluate),
+        ),
+    )
+    for stage, task, args in corpus_stages:
+        if any(v is None for v in m.values()):
+            m[stage] = None
+            out.append(StageStatus(stage, (UNKNOWN,), "an upstream stage will run first"))
+            continue
+        state, m[stage] = lookup(task, cfg, stage, *args())
+        out.append(StageStatus(stage, (state,), m[stage].dir if m[stage] else ""))
+    if cfg.stop_after:
+        from fineflow.config import STAGES
+
+        last = STAGES.index(cfg.stop_after)
+        out = [s for s in out if STAGES.index(s.stage) <= last]
+    return out
+
+
+def describe(cfg: PipelineConfig) -> str:
+    lines = [f"fineflow status of {Path(cfg.data_root)} (nothing was run)"]
+    lines.append(f"{'stage':<11} {'status':<22} detail")
+    lines += [str(s) for s in pipeline_status(cfg)]
+    lines.append(
+        "cached: reused as is; stale: a cache record whose files changed, reruns; "
+        "unknown: depends on the output of a stage that will run"
+    )
+    return "\n".join(lines)
