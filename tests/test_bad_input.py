@@ -1,0 +1,100 @@
+"""Bad input, end to end through url_filter -> extract -> filter: each damage is skipped
+with a counted reason (or rejected naming the file), and no other document is lost."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from warc_factory import Capture, article, build_warc, png_bytes
+
+from fineflow.config import ExtractConfig, FilterConfig, UrlFilterConfig
+from tasks.extract import extract_docs
+from tasks.filter_docs import filter_docs
+from tasks.url_filter import filter_warc
+from tasks.warc import WarcFormatError
+
+GOOD = [Capture(f"https://good{i}.example/page", article(i).encode()) for i in range(4)]
+GOOD_URLS = [c.url for c in GOOD]
+
+
+def run(tmp_path: Path, warc: Path, cfg: ExtractConfig | None = None) -> tuple[dict, list[str]]:
+    """(extract counts, urls of the documents the filter stage kept)."""
+    blocklist = tmp_path / "domains"
+    blocklist.write_text("")
+    records = tmp_path / "records.parquet"
+    filter_warc(warc, records, UrlFilterConfig(blocklist=blocklist))
+    docs, kept = tmp_path / "docs.parquet", tmp_path / "kept.parquet"
+    counts, _ = extract_docs(warc, records, docs, cfg or ExtractConfig())
+    filter_docs(docs, kept, tmp_path / "dropped.parquet", FilterConfig())
+    return counts, [d["url"] for d in pq.read_table(kept).to_pylist()]
+
+
+def test_truncated_warc_keeps_every_complete_record(tmp_path: Path) -> None:
+    path = tmp_path / "t.warc.gz"
+    build_warc(path, GOOD + [Capture("https://cut.example/", article(1).encode())], truncate=300)
+    counts, urls = run(tmp_path, path)
+    assert urls == GOOD_URLS
+    assert counts["kept"] == 4
+
+
+def test_crc_error_in_the_middle_costs_one_record(tmp_path: Path) -> None:
+    path = tmp_path / "c.warc.gz"
+    caps = GOOD[:2] + [Capture("https://bad.example/", article(2).encode())] + GOOD[2:]
+    build_warc(path, caps, corrupt_crc=(2,))
+    counts, urls = run(tmp_path, path)
+    assert urls == GOOD_URLS  # before and after the damaged member
+
+
+def test_not_a_warc_is_rejected_naming_the_file(tmp_path: Path) -> None:
+    for name, data in [("page.html", b"<html>hi</html>"), ("x.gz", gzip.compress(b"hello"))]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(WarcFormatError, match=name):
+            run(tmp_path, path)
+
+
+def test_wrong_charset_is_decoded_or_counted(tmp_path: Path) -> None:
+    latin = article(2, meta_charset=None, extra=" Café déjà vu.").encode("latin-1")
+    caps = GOOD + [
+        Capture("https://latin.example/", latin, content_type="text/html; charset=utf-8"),
+        Capture("https://bogus.example/", article(3).encode(), content_type="text/html; charset=x"),
+    ]
+    path = tmp_path / "w.warc.gz"
+    build_warc(path, caps)
+    counts, urls = run(tmp_path, path)
+    assert urls[:4] == GOOD_URLS
+    assert counts["decoded_lossy"] == 1  # latin-1 under a utf-8 label: kept, counted
+    assert "https://bogus.example/" in urls  # an unknown label falls back to utf-8
+
+
+def test_huge_page_is_skipped_and_counted(tmp_path: Path) -> None:
+    huge = article(0).encode() * 2000  # ~8 MB
+    path = tmp_path / "h.warc.gz"
+    build_warc(path, GOOD[:2] + [Capture("https://huge.example/", huge)] + GOOD[2:])
+    counts, urls = run(tmp_path, path)
+    assert counts["skipped_too_large"] == 1
+    assert urls == GOOD_URLS
+
+
+def test_deeply_nested_page_does_not_take_the_run_down(tmp_path: Path) -> None:
+    nested = "<html><body>" + "<div>" * 5000 + "deep text " * 50 + "</div>" * 5000
+    path = tmp_path / "n.warc.gz"
+    build_warc(path, GOOD[:2] + [Capture("https://deep.example/", nested.encode())] + GOOD[2:])
+    counts, urls = run(tmp_path, path)
+    assert urls == GOOD_URLS
+    accounted = counts["kept"] + sum(
+        v for k, v in counts.items() if k.startswith(("dropped_", "skipped_"))
+    )
+    assert accounted == counts["total"] == 5  # the deep page is counted under some reason
+
+
+def test_binary_payload_labelled_html_is_dropped_as_undecodable(tmp_path: Path) -> None:
+    blob = png_bytes() * 20
+    path = tmp_path / "b.warc.gz"
+    build_warc(path, GOOD[:2] + [Capture("https://img.example/x", blob)] + GOOD[2:])
+    counts, urls = run(tmp_path, path)
+    assert counts["dropped_undecodable"] == 1
+    assert urls == GOOD_URLS
