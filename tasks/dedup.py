@@ -244,6 +244,7 @@ def dedup_corpus(
     with catalog.connect(db_path) as con:
         con.execute(f"SET memory_limit = '{cfg.memory_limit}'")
         con.execute("SET preserve_insertion_order = false")
+        con.execute("SET enable_progress_bar = false")
         if cfg.threads:
             con.execute(f"SET threads = {cfg.threads}")
         if scratch is not None:
