@@ -66,8 +66,10 @@ from fineflow.progress import Progress
 from storage import layout
 from storage.artifacts import ArtifactWriter, Manifest, stage_key
 from storage.fingerprint import file_sha256, fingerprint
-from tasks.shard import read_shard
-from tasks.tokenizer import TOKENIZER_JSON
+
+# tasks.shard and tasks.tokenizer (read_shard, TOKENIZER_JSON) are imported where used:
+# they pull in the data stages' dependencies (DuckDB, pyarrow, ...), which the trainer
+# itself does not need, so `train` also imports on a bare GPU box (bench/gpu_check.sh).
 
 STAGE_VERSION = 2
 CHECKPOINT_PREFIX = "ckpt_"  # ckpt_<step, 9 digits>.pt in the work dir
@@ -636,6 +638,8 @@ def train_job(
     torchrun runs fineflow.distributed, which trains with the same `train` and whose
     rank 0 leaves the final weights and logs in work/result.pt; they are read back here.
     """
+    from tasks.shard import read_shard
+
     if nproc == 1:
         return train(
             [read_shard(p) for p in shard_files],
@@ -711,6 +715,9 @@ def _vocab_size(shards: Manifest, tokenizer: Manifest) -> int:
 @task(name="train", task_run_name="train")
 def train_model(root: str, shards: Manifest, tokenizer: Manifest, cfg: TrainConfig) -> Manifest:
     """Train the GPT on the train shards (resuming a killed run); weights, config, metrics."""
+    from tasks.shard import read_shard
+    from tasks.tokenizer import TOKENIZER_JSON
+
     key = stage_key(STAGE_VERSION, shards, tokenizer, cfg)
     work = layout.work_dir(Path(root), "train", key)
     vocab_size = _vocab_size(shards, tokenizer)
