@@ -304,3 +304,17 @@ def test_train_model_task(tmp_path: Path) -> None:
         shutil.copytree(tmp_path / upstream.dir, again / upstream.dir)
     rerun = train_model.fn(str(again), shards, tokenizer, cfg)
     assert rerun.fingerprint == manifest.fingerprint and rerun.stats == manifest.stats
+
+
+def test_peak_table_names_cards_and_knows_what_it_does_not_know() -> None:
+    from fineflow.devices import mfu, peak_bf16_flops
+
+    assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_bf16_flops("NVIDIA H200") == 989e12
+    assert peak_bf16_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_bf16_flops("NVIDIA L4") == 121e12 and peak_bf16_flops("NVIDIA L40S") == 362e12
+    assert peak_bf16_flops("NVIDIA A10G") is None and peak_bf16_flops("NVIDIA A10") == 125e12
+    assert peak_bf16_flops("Some Future GPU") is None
+    assert mfu(1e5, 1e9, 989e12, world=2) == 1e14 / (2 * 989e12)
+    assert mfu(1e5, 1e9, None) is None
