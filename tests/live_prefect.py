@@ -33,6 +33,7 @@ def prefect_server(home: Path, startup_s: float = 120) -> Iterator[str]:
         "PREFECT_HOME": str(home),
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",  # the UI's JS calls this
     }
     env.pop("PREFECT_API_URL", None)
     log = open(home / "server.log", "wb")  # noqa: SIM115 (lives as long as the server)
