@@ -91,3 +91,32 @@ def test_evaluate_model_task(tmp_path: Path) -> None:
     changed = evaluate_model.fn(str(tmp_path), model, shards, tokenizer, other)
     assert changed.counts == {"val_tokens": 10}
     assert json.loads(changed.path(tmp_path, "eval.json").read_text())["samples"] != ev["samples"]
+
+
+def test_report_is_published_as_a_prefect_markdown_artifact(prefect_server) -> None:
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tasks.evaluate import loss_curve_png, publish_report
+
+    png = loss_curve_png([1, 10, 20], [5.0, 4.0, 3.5], 3.7)
+    report = "# fineflow: evaluation\n\n![loss curve](loss.png)\n"
+
+    @task
+    def publish() -> None:
+        publish_report(report, png, "k1")
+
+    @flow
+    def run() -> None:
+        publish()
+
+    publish_report(report, png, "outside")  # outside a run: nothing, no error
+    run()
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["fineflow-report"]))
+        )
+    assert len(found) == 1 and found[0].type == "markdown"
+    assert "![loss curve](data:image/png;base64," in found[0].data
+    assert "evaluate k1" in found[0].description
