@@ -1,6 +1,8 @@
 """fineflow against HuggingFace datatrove's FineWeb pipeline on the same WARC: speed, agreement.
 
-    python3 -m venv /tmp/dt-venv && /tmp/dt-venv/bin/pip install "datatrove[processing]"
+    python3 -m venv /tmp/dt-venv
+    /tmp/dt-venv/bin/pip install "datatrove[processing]" faust-cchardet python-magic warcio \
+        lxml_html_clean spacy
     .venv/bin/python bench/datatrove_compare.py [--warc W] [--dt-python /tmp/dt-venv/bin/python]
 
 datatrove lives in its own venv and is never a dependency of fineflow. This script runs
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -31,6 +34,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 _ASSETS_CODE = "import datatrove.utils._import_utils as u; print(u.ASSETS_PATH)"
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process and its reaped children (sandbox workers)."""
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _rid(raw: str) -> str:
@@ -73,10 +85,10 @@ def datatrove_side(warc: Path, out: Path, lid_model: str) -> None:
             collect,
         ]
         ex = LocalPipelineExecutor(pipeline, tasks=1, workers=1, logging_dir=tmp)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         ex.run()
-        seconds = time.perf_counter() - t0
-    out.write_text(json.dumps({"seconds": seconds, "kept": kept}))
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    out.write_text(json.dumps({"seconds": seconds, "cpu": cpu, "kept": kept}))
 
 
 def fineflow_side(warc: Path, assets: Path) -> dict:
@@ -99,11 +111,11 @@ def fineflow_side(warc: Path, assets: Path) -> dict:
     )
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         filter_warc(warc, t / "records.parquet", cfg)
         extract_docs(warc, t / "records.parquet", t / "docs.parquet", ExtractConfig(workers=0))
         filter_docs(t / "docs.parquet", t / "kept.parquet", t / "dropped.parquet", FilterConfig())
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         records = pq.read_table(t / "records.parquet", columns=["id", "url", "reason"]).to_pylist()
         docs = {r["id"] for r in pq.read_table(t / "docs.parquet", columns=["id"]).to_pylist()}
         kept = {r["id"] for r in pq.read_table(t / "kept.parquet", columns=["id"]).to_pylist()}
@@ -117,7 +129,7 @@ def fineflow_side(warc: Path, assets: Path) -> dict:
             why[r["id"]] = "extract (empty/short/error)"
         elif r["id"] not in why and r["id"] not in kept:
             why[r["id"]] = "filters (reason not sampled)"
-    return {"seconds": seconds, "records": records, "kept": kept, "why": why}
+    return {"seconds": seconds, "cpu": cpu, "records": records, "kept": kept, "why": why}
 
 
 def main() -> None:
@@ -151,9 +163,14 @@ def main() -> None:
     url = {r["id"]: r["url"] for r in ff["records"]}
     same = [i for i in ids if (i in ff["kept"]) == (i in dt_kept)]
     print(f"WARC {args.warc.name}: {len(ids)} response records")
-    print(f"datatrove {dt['seconds']:6.1f} s, kept {len(dt_kept)}")
-    print(f"fineflow  {ff['seconds']:6.1f} s, kept {len(ff['kept'])}")
-    print(f"throughput ratio fineflow/datatrove: {dt['seconds'] / ff['seconds']:.2f}x")
+    for name, side, kept in (("datatrove", dt, dt_kept), ("fineflow", ff, ff["kept"])):
+        print(
+            f"{name:9s} {side['seconds']:6.1f} s wall, {side['cpu']:6.1f} s CPU, kept {len(kept)}"
+        )
+    print(
+        f"throughput ratio fineflow/datatrove: {dt['seconds'] / ff['seconds']:.2f}x wall,"
+        f" {dt['cpu'] / ff['cpu']:.2f}x CPU"
+    )
     print(f"decided the same way: {len(same)}/{len(ids)} = {len(same) / len(ids):.1%}")
     for i in ids:
         if (i in ff["kept"]) != (i in dt_kept):
