@@ -117,6 +117,6 @@ def test_report_is_published_as_a_prefect_markdown_artifact(prefect_server) -> N
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["fineflow-report"]))
         )
-    assert len(found) == 1 and found[0].type == "markdown"
-    assert "![loss curve](data:image/png;base64," in found[0].data
-    assert "evaluate k1" in found[0].description
+    ours = [a for a in found if "evaluate k1" in (a.description or "")]
+    assert len(ours) == 1 and ours[0].type == "markdown"  # other tests' runs publish too
+    assert "![loss curve](data:image/png;base64," in ours[0].data
