@@ -54,11 +54,18 @@ def prefect_api() -> Iterator[None]:
         return
     from prefect.server.api.server import SubprocessASGIServer
 
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
     server = SubprocessASGIServer()
     server.start()
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield
+            # Send what is queued while the server still listens; otherwise the
+            # workers retry against a closed port for a minute at exit.
+            APILogWorker.drain_all(timeout=15)
+            EventsWorker.drain_all(timeout=15)
     finally:
         server.stop()
 
