@@ -52,10 +52,9 @@ def prefect_api() -> Iterator[None]:
     if PREFECT_API_URL.value():
         yield
         return
-    from prefect.server.api.server import SubprocessASGIServer
-
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()
     server.start()
@@ -105,7 +104,7 @@ def load_config(
     if path:
         text = Path(path).read_text()
         loaded = json.loads(text) if path.endswith(".json") else (yaml.safe_load(text) or {})
-        tree = _merge(tree, loaded)
+        tree = deep_merge(tree, loaded)
     for item in overrides:
         if "=" not in item:
             raise SystemExit(f"--set wants FIELD=VALUE, got {item!r}")
@@ -117,11 +116,11 @@ def load_config(
     return PipelineConfig.model_validate(tree)
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
         both = isinstance(v, dict) and isinstance(base.get(k), dict)
-        out[k] = _merge(base[k], v) if both else v
+        out[k] = deep_merge(base[k], v) if both else v
     return out
 
 

@@ -82,10 +82,12 @@ def figure(stage: str, results: list) -> str:
         mb = sum(f.bytes for m in ms for f in m.files if f.path != "manifest.json") / 1e6
         return f"{len(ms)} WARCs fetched, {mb:.1f} MB"
     if stage == "url_filter":
-        dropped = sum(v for m in ms for k, v in m.counts.items() if k.startswith("dropped_block"))
-        dropped += _total(ms, "dropped_banned_word")
+        from tasks.url_filter import FILTER_REASONS  # the URL rules, not status/type drops
+
+        dropped = sum(_total(ms, f"dropped_{reason}") for reason in FILTER_REASONS)
         return (
-            f"{_total(ms, 'kept')} of {_total(ms, 'total')} responses kept, {dropped} blocklisted"
+            f"{_total(ms, 'kept')} of {_total(ms, 'total')} responses kept, "
+            f"{dropped} dropped by URL rules"
         )
     if stage == "extract":
         return f"{_total(ms, 'kept')} docs kept of {_total(ms, 'total')} pages"

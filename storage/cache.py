@@ -186,4 +186,6 @@ def bind(task: T, root: Path, refresh: bool = False) -> T:
         result_storage=layout.results_dir(root).resolve(),
         persist_result=True,
         refresh_cache=refresh,
+        # corpus stages run once per flow: name the run after the stage, not `dedup-2c2`
+        task_run_name=task.task_run_name or task.name,
     )

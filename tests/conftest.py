@@ -31,3 +31,12 @@ def prefect_server(tmp_path_factory):
         prefect_test_harness(server_startup_timeout=60),
     ):
         yield
+
+
+@pytest.fixture(scope="session")
+def warcs(tmp_path_factory) -> list[str]:
+    """Three small real WARCs: the first pages of the bundled sample's first three."""
+    from e2e import PAGES_PER_WARC, SAMPLE_WARCS, head_warc
+
+    d = tmp_path_factory.mktemp("warcs")
+    return [str(head_warc(p, d / p.name, PAGES_PER_WARC)) for p in SAMPLE_WARCS[:3]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_pipeline import config
+from e2e import small_config
 
 from fineflow.cli import main
 from fineflow.status import pipeline_status
@@ -33,7 +33,7 @@ def ran(prefect_server, warcs, tmp_path_factory):
     from flows.pipeline import pipeline
 
     root = tmp_path_factory.mktemp("data")
-    cfg = config(root, warcs[:2])
+    cfg = small_config(root, warcs[:2])
     before = summary(cfg)
     result = pipeline(cfg)
     return cfg, before, result
@@ -41,10 +41,10 @@ def ran(prefect_server, warcs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def warcs(tmp_path_factory):
-    from test_pipeline import SAMPLE_WARCS, _head
+    from e2e import SAMPLE_WARCS, head_warc
 
     d = tmp_path_factory.mktemp("warcs")
-    return [str(_head(p, d / p.name, 30)) for p in SAMPLE_WARCS[:2]]
+    return [str(head_warc(p, d / p.name, 30)) for p in SAMPLE_WARCS[:2]]
 
 
 def test_before_any_run_only_the_first_stage_is_known(ran):

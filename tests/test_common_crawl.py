@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from crawl_server import Crawl, serve
-from test_pipeline import SAMPLE_WARCS, _head, config
+from e2e import SAMPLE_WARCS, head_warc, small_config
 
 from storage.artifacts import verify
 from storage.fingerprint import file_sha256
@@ -22,13 +22,13 @@ CRAWL = "CC-MAIN-2024-10"
 @pytest.fixture(scope="module")
 def warcs(tmp_path_factory) -> list[Path]:
     d = tmp_path_factory.mktemp("cc-warcs")
-    return [_head(p, d / p.name, 25) for p in SAMPLE_WARCS[:3]]
+    return [head_warc(p, d / p.name, 25) for p in SAMPLE_WARCS[:3]]
 
 
 def cc_config(root: Path, base_url: str, **over):
     source = {"warcs": [], "common_crawl": {"crawl": CRAWL, "num_warcs": 1, "base_url": base_url}}
     fast = {"retries": 3, "backoff_s": 0.05, "timeout_s": 10}
-    return config(root, [], sources=source, download=fast, **over)
+    return small_config(root, [], sources=source, download=fast, **over)
 
 
 def lines(result) -> dict[str, tuple[int, int]]:

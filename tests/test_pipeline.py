@@ -6,64 +6,8 @@ byte for byte), so each flow run takes seconds, not minutes.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import pytest
-from warcio.archiveiterator import ArchiveIterator
-
-from fineflow.config import SAMPLE_DIR, PipelineConfig
-
-SAMPLE_WARCS = sorted((SAMPLE_DIR / "warcs").glob("*.warc.gz"))
-PAGES_PER_WARC = 40
-
-
-def _head(src: Path, dest: Path, pages: int) -> Path:
-    """The first `pages` response records of `src` (with their request/metadata), raw."""
-    with open(src, "rb") as f:
-        it = ArchiveIterator(f)
-        responses, end = 0, 0
-        for rec in it:
-            if rec.rec_type == "response":
-                responses += 1
-                if responses > pages:
-                    break
-            it.read_to_end()
-            end = it.get_record_offset() + it.get_record_length()
-        f.seek(0)
-        dest.write_bytes(f.read(end))
-    return dest
-
-
-@pytest.fixture(scope="module")
-def warcs(tmp_path_factory) -> list[str]:
-    d = tmp_path_factory.mktemp("warcs")
-    return [str(_head(p, d / p.name, PAGES_PER_WARC)) for p in SAMPLE_WARCS[:3]]
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
-
-
-def config(root: Path, warcs: list[str], **over: Any) -> PipelineConfig:
-    base = {
-        "data_root": root,
-        "sources": {"warcs": warcs},
-        "tokenizer": {"vocab_size": 512},
-        "train": {
-            "steps": 12,
-            "warmup_steps": 2,
-            "batch_size": 4,
-            "checkpoint_every": 5,
-            "log_every": 4,
-            "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32},
-        },
-        "evaluate": {"max_new_tokens": 8, "max_val_tokens": 4096},
-    }
-    return PipelineConfig.model_validate(_merge(base, over))
+from e2e import small_config
 
 
 def statuses(result) -> dict[str, str]:
@@ -89,7 +33,7 @@ def first_run(prefect_server, warcs, tmp_path_factory):
     from flows.pipeline import pipeline
 
     root = tmp_path_factory.mktemp("data")
-    cfg = config(root, warcs[:2])
+    cfg = small_config(root, warcs[:2])
     return root, cfg, pipeline(cfg)
 
 
@@ -114,7 +58,7 @@ def test_vocab_change_reruns_only_tokenizer_and_downstream(first_run, warcs):
     from flows.pipeline import pipeline
 
     root, _, _ = first_run
-    result = pipeline(config(root, warcs[:2], tokenizer={"vocab_size": 600}))
+    result = pipeline(small_config(root, warcs[:2], tokenizer={"vocab_size": 600}))
     s = statuses(result)
     assert {k: s[k] for k in ALL[:6]} == {k: "cached" for k in ALL[:6]}
     assert {k: s[k] for k in ALL[6:]} == {k: "ran" for k in ALL[6:]}
@@ -124,7 +68,7 @@ def test_new_warc_runs_only_its_own_per_warc_stages(first_run, warcs):
     from flows.pipeline import pipeline
 
     root, _, _ = first_run
-    result = pipeline(config(root, warcs[:3], stop_after="dedup"))
+    result = pipeline(small_config(root, warcs[:3], stop_after="dedup"))
     lines = {line.stage: line for line in result.lines}
     for stage in ALL[:5]:
         assert (lines[stage].ran, lines[stage].cached) == (1, 2), stage

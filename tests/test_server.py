@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from crawl_server import Crawl, serve
+from e2e import SAMPLE_WARCS, head_warc
 from live_prefect import PREFECT, prefect_server
-from test_pipeline import SAMPLE_WARCS, _head
 
 from fineflow.config import REPO_ROOT
 
@@ -106,7 +106,7 @@ def _run_deployment(cfg: dict) -> tuple:
 @pytest.fixture(scope="module")
 def warcs(tmp_path_factory) -> list[Path]:
     d = tmp_path_factory.mktemp("srv-warcs")
-    return [_head(p, d / p.name, 25) for p in SAMPLE_WARCS[:3]]
+    return [head_warc(p, d / p.name, 25) for p in SAMPLE_WARCS[:3]]
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import subprocess
 import tempfile
 
 import pytest
+from e2e import SAMPLE_WARCS, head_warc, small_config
 from live_prefect import prefect_server
-from test_pipeline import SAMPLE_WARCS, _head, config
 
 from fineflow.config import REPO_ROOT
 
@@ -57,11 +57,11 @@ def test_run_summary_is_rendered_in_the_ui(tmp_path):
 
     from flows.pipeline import pipeline
 
-    warcs = [str(_head(p, tmp_path / p.name, 15)) for p in SAMPLE_WARCS[:2]]
+    warcs = [str(head_warc(p, tmp_path / p.name, 15)) for p in SAMPLE_WARCS[:2]]
     home = tmp_path / "home"
     home.mkdir()
     with prefect_server(home) as url, temporary_settings({PREFECT_API_URL: f"{url}/api"}):
-        pipeline(config(tmp_path / "data", warcs, stop_after="dedup"))
+        pipeline(small_config(tmp_path / "data", warcs, stop_after="dedup"))
         page = f"{url}/artifacts/artifact/{asyncio.run(_latest_id('fineflow-run-summary'))}"
         dom = chromium(page, "--dump-dom")
         shot = REPO_ROOT / "test-output" / "ui-run-summary.png"
