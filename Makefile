@@ -23,8 +23,12 @@ run: setup
 test: setup
 	$(VENV)/bin/pytest -q
 
-test-slow: setup
+# The slow tests: a real Prefect server + worker, the UI in headless Chromium, crawl growth.
+test-slow: setup chromium
 	$(VENV)/bin/pytest -q -m slow
+
+chromium:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
