@@ -146,9 +146,9 @@ def print_summary(result, cfg: PipelineConfig, seconds: float) -> None:
     for stage, name, label in OUTPUTS:
         if (m := result.outputs.get(stage)) is not None:
             print(f"  {label:<24} {root / m.dir / name}")
-    extracted = result.outputs.get("dedup")
-    if extracted is not None:
-        print(f"  {'documents per WARC':<24} {root / 'extract'}/*/docs.parquet")
+    if result.outputs.get("dedup") is not None:
+        print(f"  {'extracted docs per WARC':<24} {root / 'extract'}/*/docs.parquet")
+        print(f"  {'filtered docs per WARC':<24} {root / 'filter'}/*/docs.parquet")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,26 +12,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO_ROOT / "sample"
 
-# The order in which stages run; `force` and `stop_after` name these.
-STAGES: tuple[str, ...] = (
-    "download",
-    "url_filter",
-    "extract",
-    "filter",
-    "minhash",
-    "dedup",
-    "tokenizer",
-    "shard",
-    "train",
-    "evaluate",
-)
+# The stages in the order they run; `force` and `stop_after` name these.
 StageName = Literal[
     "download",
     "url_filter",
@@ -44,6 +32,7 @@ StageName = Literal[
     "train",
     "evaluate",
 ]
+STAGES: tuple[str, ...] = get_args(StageName)
 
 
 class _Config(BaseModel):

@@ -195,6 +195,11 @@ def summary_markdown(lines: list[StageLine], outputs: dict[str, Manifest], root:
         f"| {ln.stage} | {ln.status} | {ln.seconds:.1f} | {ln.figure.replace('|', '/')} |"
         for ln in lines
     ]
+    if (corpus := outputs.get("dedup")) is not None:  # FineWeb's funnel, from the catalog
+        from tasks.filter_docs import funnel_markdown
+
+        table = funnel_markdown(corpus.path(Path(root), "corpus.duckdb"))
+        md += ["", "## Funnel: where every record went", "", table] if table else []
     md += ["", f"## Outputs under `{root}`", ""]
     for stage, m in outputs.items():
         names = ", ".join(f"`{f.path}`" for f in m.files[:4])

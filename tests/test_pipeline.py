@@ -105,3 +105,15 @@ def test_stop_after_stops_the_flow(first_run, warcs):
     root, cfg, _ = first_run
     result = pipeline(cfg.model_copy(update={"stop_after": "url_filter"}))
     assert [line.stage for line in result.lines] == ["download", "url_filter"]
+
+
+def test_run_summary_carries_the_funnel_from_the_catalog(first_run):
+    from flows.summary import summary_markdown
+
+    root, _, result = first_run
+    md = summary_markdown(result.lines, result.outputs, root)
+    assert "## Funnel" in md
+    funnel = md.split("## Funnel", 1)[1].split("## Outputs", 1)[0]
+    assert "**total**" in funnel
+    warcs = [m.warc for ln in result.lines if ln.stage == "download" for m in ln.manifests]
+    assert len(warcs) == 2 and all(w in funnel for w in warcs)
