@@ -8,20 +8,8 @@ import pytest
 from e2e import small_config
 
 from fineflow.cli import main
+from fineflow.config import STAGES
 from fineflow.status import pipeline_status
-
-STAGES = [
-    "download",
-    "url_filter",
-    "extract",
-    "filter",
-    "minhash",
-    "dedup",
-    "tokenizer",
-    "shard",
-    "train",
-    "evaluate",
-]
 
 
 def summary(cfg) -> dict[str, str]:
@@ -79,4 +67,4 @@ def test_cli_status_prints_a_line_per_stage(ran, tmp_path, capsys):
     assert main(["status", "--config", str(path), "--stop-after", "dedup"]) == 0
     out = capsys.readouterr().out
     assert "nothing was run" in out
-    assert [ln.split()[0] for ln in out.splitlines()[2:8]] == STAGES[:6]
+    assert [ln.split()[0] for ln in out.splitlines()[2:8]] == list(STAGES[:6])

@@ -9,23 +9,14 @@ from __future__ import annotations
 import pytest
 from e2e import small_config
 
+from fineflow.config import STAGES
+
 
 def statuses(result) -> dict[str, str]:
     return {line.stage: line.status for line in result.lines}
 
 
-ALL = [
-    "download",
-    "url_filter",
-    "extract",
-    "filter",
-    "minhash",
-    "dedup",
-    "tokenizer",
-    "shard",
-    "train",
-    "evaluate",
-]
+ALL = list(STAGES)
 
 
 @pytest.fixture(scope="module")
