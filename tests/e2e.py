@@ -9,10 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from warcio.archiveiterator import ArchiveIterator
 
 from fineflow.cli import deep_merge
 from fineflow.config import SAMPLE_DIR, PipelineConfig
+from storage.artifacts import ArtifactWriter, Manifest
 
 SAMPLE_WARCS = sorted((SAMPLE_DIR / "warcs").glob("*.warc.gz"))
 PAGES_PER_WARC = 40
@@ -51,3 +54,22 @@ def small_config(root: Path, warcs: list[str], **over: Any) -> PipelineConfig:
         "evaluate": {"max_new_tokens": 8, "max_val_tokens": 4096},
     }
     return PipelineConfig.model_validate(deep_merge(base, over))
+
+
+def extract_manifest(root: Path, warc: str, rows: list[tuple[str, str]], tag: str = "") -> Manifest:
+    """An extract-stage artifact holding `rows` of (id, text), as the real stage writes it."""
+    n = len(rows)
+    table = pa.table(
+        {
+            "id": [r[0] for r in rows],
+            "url": [f"https://example.org/{r[0]}" for r in rows],
+            "host": ["example.org"] * n,
+            "warc": [warc] * n,
+            "date": ["2024-03-01T00:00:00Z"] * n,
+            "text": [r[1] for r in rows],
+            "length": [len(r[1]) for r in rows],
+        }
+    )
+    with ArtifactWriter(root, "extract", f"k-{warc}{tag}", warc=warc) as out:
+        pq.write_table(table, out.path("docs.parquet"))
+        return out.commit(None, counts={"kept": n})

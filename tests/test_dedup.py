@@ -7,6 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from e2e import extract_manifest
 
 import tasks.dedup as dedup
 from fineflow.config import DedupConfig, MinHashConfig
@@ -81,24 +82,6 @@ def _near(text: str) -> str:
     return " ".join(words)
 
 
-def _extract(root: Path, warc: str, rows: list[tuple[str, str]], tag: str = "") -> Manifest:
-    n = len(rows)
-    table = pa.table(
-        {
-            "id": [r[0] for r in rows],
-            "url": [f"https://example.org/{r[0]}" for r in rows],
-            "host": ["example.org"] * n,
-            "warc": [warc] * n,
-            "date": ["2024-03-01T00:00:00Z"] * n,
-            "text": [r[1] for r in rows],
-            "length": [len(r[1]) for r in rows],
-        }
-    )
-    with ArtifactWriter(root, "extract", f"k-{warc}{tag}", warc=warc) as out:
-        pq.write_table(table, out.path("docs.parquet"))
-        return out.commit(None, counts={"kept": n})
-
-
 # Ids sort the other way round from corpus order, so "first" cannot mean "smallest id".
 WARC0 = [("z1", BREAD), ("z2", BICYCLE), ("z3", POST), ("z4", BREAD)]  # z4: exact dup of z1
 WARC1 = [
@@ -113,7 +96,10 @@ WARC1 = [
 
 @pytest.fixture()
 def corpus(tmp_path: Path) -> tuple[Path, list[Manifest], list[Manifest], Manifest]:
-    docs = [_extract(tmp_path, "w0.warc.gz", WARC0), _extract(tmp_path, "w1.warc.gz", WARC1)]
+    docs = [
+        extract_manifest(tmp_path, "w0.warc.gz", WARC0),
+        extract_manifest(tmp_path, "w1.warc.gz", WARC1),
+    ]
     sigs = [minhash_docs.fn(str(tmp_path), d, MinHashConfig()) for d in docs]
     return tmp_path, docs, sigs, dedup_docs.fn(str(tmp_path), docs, sigs, DedupConfig())
 
@@ -167,7 +153,7 @@ def test_warc_order_decides_which_copy_survives(corpus) -> None:
 
 def test_ids_must_match_between_docs_and_signatures(corpus) -> None:
     root, docs, sigs, _ = corpus
-    short = _extract(root, "w1.warc.gz", WARC1[:-1], tag="-short")  # no a6
+    short = extract_manifest(root, "w1.warc.gz", WARC1[:-1], tag="-short")  # no a6
     short_sigs = minhash_docs.fn(str(root), short, MinHashConfig())
     with pytest.raises(CorpusMismatch, match=r"documents without signatures.*w1.warc.gz / a6"):
         dedup_docs.fn(str(root), docs, [sigs[0], short_sigs], DedupConfig())
@@ -222,9 +208,9 @@ def test_a_new_warc_never_flips_an_earlier_kept_document(tmp_path: Path) -> None
     # A and B share no band; C (a later WARC) shares a band with each: it bridges them.
     w = [f"CC-MAIN-2024-10-{i}.warc.gz" for i in range(3)]
     docs = [
-        _extract(tmp_path, w[0], [("A", BREAD), ("A2", POST)]),
-        _extract(tmp_path, w[1], [("B", CHESS), ("B2", BEES)]),
-        _extract(tmp_path, w[2], [("C", TIDES), ("D", BICYCLE), ("D2", BICYCLE)]),
+        extract_manifest(tmp_path, w[0], [("A", BREAD), ("A2", POST)]),
+        extract_manifest(tmp_path, w[1], [("B", CHESS), ("B2", BEES)]),
+        extract_manifest(tmp_path, w[2], [("C", TIDES), ("D", BICYCLE), ("D2", BICYCLE)]),
     ]
     sigs = [
         _sigs(tmp_path, w[0], {"A": {0: 1}, "A2": {}}),
@@ -249,7 +235,7 @@ def test_scope_per_crawl_or_global(tmp_path: Path) -> None:
         "crawl-data/CC-MAIN-2024-10/x/CC-MAIN-20240220000000-20240220010000-00000.warc.gz",
         "CC-MAIN-2024-18.part-00001.warc.gz",
     ]
-    docs = [_extract(tmp_path, n, [(f"d{i}", BREAD)]) for i, n in enumerate(names)]
+    docs = [extract_manifest(tmp_path, n, [(f"d{i}", BREAD)]) for i, n in enumerate(names)]
     sigs = [minhash_docs.fn(str(tmp_path), d, MinHashConfig()) for d in docs]
     per_crawl = dedup_docs.fn(str(tmp_path), docs, sigs, DedupConfig())
     assert per_crawl.counts["dropped_duplicate"] == 0  # the same page in two crawls stays

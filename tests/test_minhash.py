@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from e2e import extract_manifest
 
 from fineflow.config import MinHashConfig
-from storage.artifacts import ArtifactWriter, Manifest
 from tasks.minhash import (
     SIGNATURES,
     band_keys,
@@ -119,26 +119,8 @@ def test_band_keys_do_not_depend_on_the_process() -> None:
     assert there.stdout.strip() == str(here)
 
 
-def _extract_manifest(root: Path, warc: str, rows: list[tuple[str, str]]) -> Manifest:
-    n = len(rows)
-    table = pa.table(
-        {
-            "id": [r[0] for r in rows],
-            "url": [f"https://example.org/{r[0]}" for r in rows],
-            "host": ["example.org"] * n,
-            "warc": [warc] * n,
-            "date": ["2024-03-01T00:00:00Z"] * n,
-            "text": [r[1] for r in rows],
-            "length": [len(r[1]) for r in rows],
-        }
-    )
-    with ArtifactWriter(root, "extract", f"k-{warc}", warc=warc) as out:
-        pq.write_table(table, out.path("docs.parquet"))
-        return out.commit(None, counts={"kept": n})
-
-
 def test_minhash_task_writes_one_row_per_doc_and_band(tmp_path: Path) -> None:
-    docs = _extract_manifest(tmp_path, "w0.warc.gz", [("a", LIGHTHOUSE), ("b", RIVER), ("c", "")])
+    docs = extract_manifest(tmp_path, "w0.warc.gz", [("a", LIGHTHOUSE), ("b", RIVER), ("c", "")])
     cfg = MinHashConfig()
     m = minhash_docs.fn(str(tmp_path), docs, cfg)
     assert m.stage == "minhash" and m.warc == "w0.warc.gz" and m.counts == {"docs": 3}
