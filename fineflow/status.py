@@ -17,13 +17,12 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from fineflow.config import PipelineConfig
 from storage import layout
 from storage.artifacts import Manifest, verify
-from storage.fingerprint import fingerprint
+from storage.cache import task_cache_key
 
 CACHED, STALE, RUNS, FORCED, UNKNOWN = "cached", "stale", "will run", "forced", "unknown"
 
@@ -49,12 +48,7 @@ class StageStatus:
 
 def cache_key(task: Any, root: str, *args: Any) -> str:
     """The key StageCache gives `task` called with (root, *args)."""
-    from prefect.cache_policies import TASK_SOURCE
-
-    module = inspect.getmodule(task.fn)
-    inputs = dict(inspect.signature(task.fn).bind(root, *args).arguments)
-    source = TASK_SOURCE.compute_key(SimpleNamespace(task=task), inputs, {})
-    return f"{task.name}-{fingerprint(module.STAGE_VERSION, source, inputs)[:32]}"
+    return task_cache_key(task, dict(inspect.signature(task.fn).bind(root, *args).arguments))
 
 
 def lookup(task: Any, cfg: PipelineConfig, stage: str, *args: Any) -> tuple[str, Any]:

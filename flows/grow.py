@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import STAGES, CommonCrawlConfig, DownloadConfig, PipelineConfig
 from flows.pipeline import PipelineResult, run_data, run_model
-from storage.artifacts import load_manifest, stage_key
+from storage.artifacts import load_manifest
 from tasks import download
 
 log = logging.getLogger("fineflow.grow")
@@ -31,9 +31,8 @@ log = logging.getLogger("fineflow.grow")
 def taken_prefix(root: Path, urls: list[str]) -> int:
     """How many of `urls`, from the first, already have a download artifact under `root`."""
     n = 0
-    for url in urls:
-        source = download.WarcSource(uri=url, name=download.source_name(url))
-        if load_manifest(root, "download", stage_key(download.STAGE_VERSION, source)) is None:
+    for source in download.describe_sources(urls):
+        if load_manifest(root, "download", download.artifact_key(source)) is None:
             break
         n += 1
     return n

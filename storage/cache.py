@@ -25,6 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from prefect.cache_policies import TASK_SOURCE, CachePolicy
@@ -60,16 +61,25 @@ class StageCache(CachePolicy):
     ) -> str | None:
         if task_ctx is None:
             return None
-        module = sys.modules.get(task_ctx.task.fn.__module__)
-        version = getattr(module, "STAGE_VERSION", None)
-        if version is None:
-            raise RuntimeError(f"{task_ctx.task.fn.__module__} defines no STAGE_VERSION")
-        source = TASK_SOURCE.compute_key(task_ctx, inputs, flow_parameters)
-        key = f"{task_ctx.task.name}-{fingerprint(version, source, inputs)[:32]}"
+        key = task_cache_key(task_ctx.task, inputs)
         root = inputs.get("root")
         if root is not None:
             _drop_if_stale(task_ctx, key, Path(root))
         return key
+
+
+def task_cache_key(task: Task, inputs: dict[str, Any]) -> str:
+    """The key of `task` run on `inputs` (its bound arguments): name, version, source, inputs.
+
+    One formula for the cache itself and for `fineflow status`, which predicts hits.
+    """
+    module = sys.modules.get(task.fn.__module__)
+    version = getattr(module, "STAGE_VERSION", None)
+    if version is None:
+        raise RuntimeError(f"{task.fn.__module__} defines no STAGE_VERSION")
+    # TASK_SOURCE reads only `.task` of the context it is given
+    source = TASK_SOURCE.compute_key(SimpleNamespace(task=task), inputs, {})
+    return f"{task.name}-{fingerprint(version, source, inputs)[:32]}"
 
 
 def _drop_if_stale(task_ctx: TaskRunContext, key: str, root: Path) -> None:

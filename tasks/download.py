@@ -347,10 +347,15 @@ def list_common_crawl(root: str, cfg: CommonCrawlConfig) -> list[str]:
     return urls
 
 
+def artifact_key(source: WarcSource) -> str:
+    """Where `source`'s download lands: its URI (and local content), never the retry settings."""
+    return stage_key(STAGE_VERSION, source)
+
+
 @task(name="download", task_run_name="download[{source.name}]")
 def download_warc(root: str, source: WarcSource, cfg: DownloadConfig) -> Manifest:
     """Fetch one WARC into the artifact store and check every gzip member of it."""
-    key = stage_key(STAGE_VERSION, source)
+    key = artifact_key(source)
     started = time.monotonic()
     with ArtifactWriter(Path(root), "download", key, warc=source.name) as out:
         dest = out.path(source.name)

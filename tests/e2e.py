@@ -15,7 +15,9 @@ from warcio.archiveiterator import ArchiveIterator
 
 from fineflow.cli import deep_merge
 from fineflow.config import SAMPLE_DIR, PipelineConfig
+from storage import catalog
 from storage.artifacts import ArtifactWriter, Manifest
+from tasks.dedup import CORPUS_DB
 
 SAMPLE_WARCS = sorted((SAMPLE_DIR / "warcs").glob("*.warc.gz"))
 PAGES_PER_WARC = 40
@@ -73,3 +75,15 @@ def extract_manifest(root: Path, warc: str, rows: list[tuple[str, str]], tag: st
     with ArtifactWriter(root, "extract", f"k-{warc}{tag}", warc=warc) as out:
         pq.write_table(table, out.path("docs.parquet"))
         return out.commit(None, counts={"kept": n})
+
+
+def corpus_manifest(root: Path, docs: list[tuple[str, str, bool]]) -> Manifest:
+    """A dedup artifact holding `docs` (id, text, keep) as the dedup stage writes it."""
+    with ArtifactWriter(root, "dedup", "corpus") as out:
+        with catalog.connect(out.path(CORPUS_DB)) as con:
+            catalog.create_corpus_tables(con)
+            con.executemany(
+                "INSERT INTO documents VALUES (?, ?, 'u', 'h', 'w', 'd', ?, ?, ?, 1, ?)",
+                [(i, n, t, len(t), i, keep) for n, (i, t, keep) in enumerate(docs)],
+            )
+        return out.commit(None, counts={"docs": len(docs)})

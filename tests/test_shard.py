@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from e2e import corpus_manifest
 
 import tasks.shard as shard
 from fineflow.config import ShardConfig, TokenizerConfig
-from storage import catalog
-from storage.artifacts import ArtifactWriter, Manifest
-from tasks.dedup import CORPUS_DB
+from storage.artifacts import Manifest
 from tasks.shard import (
     HEADER_BYTES,
     MAGIC,
@@ -125,23 +124,11 @@ def _docs() -> list[tuple[str, str, bool]]:
     return docs
 
 
-def _corpus(root: Path, docs: list[tuple[str, str, bool]]) -> Manifest:
-    """A dedup artifact as the dedup stage writes it."""
-    with ArtifactWriter(root, "dedup", "corpus") as out:
-        with catalog.connect(out.path(CORPUS_DB)) as con:
-            catalog.create_corpus_tables(con)
-            con.executemany(
-                "INSERT INTO documents VALUES (?, ?, 'u', 'h', 'w', 'd', ?, ?, ?, 1, ?)",
-                [(i, n, t, len(t), i, keep) for n, (i, t, keep) in enumerate(docs)],
-            )
-        return out.commit(None, counts={"docs": len(docs)})
-
-
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory):
     root = tmp_path_factory.mktemp("shard")
     docs = _docs()
-    corpus = _corpus(root, docs)
+    corpus = corpus_manifest(root, docs)
     tok = train_tokenizer.fn(str(root), corpus, TokenizerConfig(vocab_size=512))
     cfg = ShardConfig(shard_tokens=1024, val_fraction=0.2, batch_docs=16)
     return root, docs, corpus, tok, cfg, shard_tokens.fn(str(root), corpus, tok, cfg)

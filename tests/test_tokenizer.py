@@ -14,12 +14,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from e2e import corpus_manifest
 from tokenizers import Tokenizer, pre_tokenizers
 
 from fineflow.config import TokenizerConfig
-from storage import catalog
-from storage.artifacts import ArtifactWriter, Manifest
-from tasks.dedup import CORPUS_DB
 from tasks.tokenizer import (
     EOT,
     TOKENIZER_JSON,
@@ -145,23 +143,11 @@ def test_tiktoken_encoder_refuses_a_different_split(tok) -> None:
     assert tiktoken_encoder(Tokenizer.from_str(changed)) is None
 
 
-def _corpus(root: Path, docs: list[tuple[str, str, bool]]) -> Manifest:
-    """A dedup artifact as the dedup stage writes it, for the stages downstream."""
-    with ArtifactWriter(root, "dedup", "corpus") as out:
-        with catalog.connect(out.path(CORPUS_DB)) as con:
-            catalog.create_corpus_tables(con)
-            con.executemany(
-                "INSERT INTO documents VALUES (?, ?, 'u', 'h', 'w', 'd', ?, ?, ?, 1, ?)",
-                [(i, n, t, len(t), i, keep) for n, (i, t, keep) in enumerate(docs)],
-            )
-        return out.commit(None, counts={"docs": len(docs)})
-
-
 def test_task_trains_on_kept_docs_only(tmp_path: Path) -> None:
     lines = _lines()
     docs = [(f"d{n}", "\n".join(lines[n : n + 10]), True) for n in range(0, len(lines), 10)]
     docs.append(("dropped", "zqxj " * 500, False))  # would surely become merges if read
-    corpus = _corpus(tmp_path, docs)
+    corpus = corpus_manifest(tmp_path, docs)
     m = train_tokenizer.fn(str(tmp_path), corpus, TokenizerConfig(vocab_size=500))
     assert m.stage == "tokenizer" and [f.path for f in m.files] == [TOKENIZER_JSON]
     assert m.counts["docs"] == len(docs) - 1
