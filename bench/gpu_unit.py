@@ -35,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fineflow.config import ModelConfig, TrainConfig  # noqa: E402
 from fineflow.devices import device_name, device_peak_flops  # noqa: E402
 from fineflow.model import GPT  # noqa: E402
-from tasks.train import Prefetcher, WindowSampler, autocast, train  # noqa: E402
+from fineflow.training.data import Prefetcher, WindowSampler  # noqa: E402
+from fineflow.training.loop import train  # noqa: E402
+from fineflow.training.runtime import autocast  # noqa: E402
 
 DEV = torch.device("cuda")
 SMALL = ModelConfig(n_layer=2, n_head=4, n_embd=128, block_size=64)

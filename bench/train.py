@@ -1,4 +1,4 @@
-"""Training throughput of fineflow's real trainer (tasks.train.train) on synthetic tokens.
+"""Training throughput of fineflow's real trainer (fineflow.training) on synthetic tokens.
 
     .venv/bin/python bench/train.py                       # tiny preset, CPU
     .venv/bin/python bench/train.py --preset 124m --batch-size 32 --steps 40 --json out.json
@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fineflow.config import ModelConfig, TrainConfig  # noqa: E402
 from fineflow.devices import device_name  # noqa: E402
-from tasks.train import pick_device, train  # noqa: E402
+from fineflow.training.loop import train  # noqa: E402
+from fineflow.training.runtime import pick_device  # noqa: E402
 
 PRESETS = {
     "tiny": (ModelConfig(n_layer=4, n_head=4, n_embd=128, block_size=128), 4096, 16),

@@ -42,10 +42,11 @@ from tokenizers import Tokenizer
 from fineflow.config import EvaluateConfig
 from fineflow.model import GPT
 from fineflow.progress import in_prefect_run
+from fineflow.training.data import shard_paths, target_losses
+from fineflow.training.runtime import pick_device
 from storage.artifacts import ArtifactWriter, Manifest, stage_key
 from tasks.shard import read_shard
 from tasks.tokenizer import EOT, TOKENIZER_JSON, hf_encoder, load_tokenizer, token_byte_lengths
-from tasks.train import pick_device, shard_paths, target_losses
 
 STAGE_VERSION = 2
 LOSS_PNG = "loss.png"

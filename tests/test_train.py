@@ -23,24 +23,15 @@ from tokenizers import Tokenizer
 
 from fineflow.config import ModelConfig, TrainConfig
 from fineflow.model import GPT
+from fineflow.training.checkpoint import checkpoint_path, checkpoints
+from fineflow.training.data import Prefetcher, WindowSampler, eval_windows, mean_loss
+from fineflow.training.loop import grad_accum_steps, lr_at, train
+from fineflow.training.runtime import Dist
 from storage import layout
 from storage.artifacts import ArtifactWriter, Manifest, verify
 from tasks.shard import encode_docs, read_shard, write_shard
 from tasks.tokenizer import EOT, TOKENIZER_JSON, hf_encoder, train_bpe
-from tasks.train import (
-    METRICS_DB,
-    VAL_BATCHES,
-    Prefetcher,
-    WindowSampler,
-    checkpoint_path,
-    checkpoints,
-    eval_windows,
-    grad_accum_steps,
-    lr_at,
-    mean_loss,
-    train,
-    train_model,
-)
+from tasks.train import METRICS_DB, VAL_BATCHES, train_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -150,8 +141,6 @@ def test_batch_tokens_sets_grad_accum() -> None:
 
 
 def test_prefetcher_yields_the_sampler_order_per_rank() -> None:
-    from tasks.train import Dist
-
     shards = [np.arange(0, 500, dtype=np.uint16)]
     sampler = WindowSampler(shards, block_size=8, batch_size=3, seed=5)
     loader = Prefetcher(sampler, start_step=7, accum=2, device=torch.device("cpu"))
@@ -203,7 +192,7 @@ def test_sigkill_mid_run_then_resume_gives_the_same_weights(tmp_path: Path) -> N
         "import sys, numpy as np\n"
         "from pathlib import Path\n"
         "from fineflow.config import TrainConfig\n"
-        "from tasks.train import train\n"
+        "from fineflow.training.loop import train\n"
         "d = Path(sys.argv[1])\n"
         "cfg = TrainConfig.model_validate_json((d / 'cfg.json').read_text())\n"
         "train([np.load(d / 'tokens.npy')], 64, cfg, d / 'killed')\n"
