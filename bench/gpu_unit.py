@@ -3,11 +3,13 @@
     python3 bench/gpu_unit.py --json $OUT/gpu_unit.json
 
 Each check records pass/fail and its figures; the script goes on after a failure and
-exits 1 if any check failed (2 without CUDA). What it holds:
+exits 1 if any check failed (2 without CUDA); the JSON is rewritten after each check.
+What it holds:
 - the card is in fineflow.devices' peak table (else MFU is not reported);
 - bf16 autocast forward: finite loss near ln(vocab) at init; compiled == eager (bf16
   tolerance);
-- the pinned, prefetched loader hands the GPU exactly the sampler's batches;
+- the prefetched loader pins its host batches and hands the GPU exactly the sampler's
+  batches;
 - `train` on CUDA (bf16, TF32, compile, fused AdamW, batch_tokens): the loss falls on a
   learnable pattern, MFU is reported, and a run stopped at step 12 and resumed from its
   step-10 checkpoint ends at the same loss as an uninterrupted run (bf16 kernels are
@@ -22,6 +24,7 @@ import json
 import math
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -68,7 +71,12 @@ def check_loader() -> dict[str, Any]:
     loader.close()
     want = [sampler.batch(s, m) for s in (5, 6) for m in (0, 1)]
     ok = all(g.is_cuda and torch.equal(g.cpu(), w) for g, w in zip(got, want, strict=True))
-    return {"ok": ok, "pinned_source": True}
+    # The host batches must be pinned, or the non_blocking copy silently syncs.
+    peek = Prefetcher(sampler, start_step=5, accum=2, device=DEV)
+    item = peek._queue.get(timeout=30)  # a host batch before its copy (or the thread's error)
+    peek.close()
+    pinned = isinstance(item, torch.Tensor) and item.is_pinned()
+    return {"ok": ok and pinned, "pinned_source": pinned}
 
 
 def check_train_and_resume() -> dict[str, Any]:
@@ -139,16 +147,20 @@ def main() -> int:
         return 2
     results: dict[str, Any] = {"device": device_name(DEV), "torch": torch.__version__}
     for name, check in CHECKS.items():
+        t0 = time.perf_counter()
         try:
             results[name] = check()
         except Exception:
             results[name] = {"ok": False, "error": traceback.format_exc()[-2000:]}
+        results[name]["seconds"] = round(time.perf_counter() - t0, 1)
         print(name, json.dumps(results[name]), flush=True)
-    failed = [n for n in CHECKS if not results[n]["ok"]]
-    results["failed"] = failed
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        # After every check, so a run cut short by its timeout still says what passed.
+        results["failed"] = [n for n in CHECKS if n in results and not results[n]["ok"]]
+        results["complete"] = name == list(CHECKS)[-1]
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=1) + "\n")
+    failed = results["failed"]
     print("FAILED: " + ", ".join(failed) if failed else "all GPU checks passed")
     return 1 if failed else 0
 
