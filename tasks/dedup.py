@@ -18,10 +18,13 @@ re-decides only the new WARC's documents; the old WARCs' signatures are their ca
 minhash artifacts, read as they are.
 
 Scope (DedupConfig.scope): "crawl" (FineWeb's choice: documents are only compared within
-their crawl) or "global". A WARC's crawl is the CC-MAIN-YYYY-WW id in its name or path;
-failing that, the ISO week of the CC-MAIN-<timestamp> in its file name ("week-2024-09",
-an approximation: a crawl takes about two weeks, so it may split in two scopes, which
-errs towards keeping); failing that, "unknown".
+their crawl) or "global". A WARC's crawl is the CC-MAIN-YYYY-WW id in its source URI
+(Common Crawl puts it in the path: .../crawl-data/CC-MAIN-2024-10/segments/.../warc/
+CC-MAIN-20240301...warc.gz; the flow hands dedup each WARC's WarcSource) or, failing
+that, in its file name. Without either (a local file outside a crawl-data/ tree), the
+ISO week of the CC-MAIN-<timestamp> in its file name stands in ("week-2024-09", an
+approximation: a crawl takes about two weeks, so it may split in two scopes, which errs
+towards keeping); failing that, "unknown" (all such WARCs share one scope).
 
 DuckDB runs under DedupConfig.memory_limit and spills to a scratch directory beside the
 artifact, so the corpus never has to fit in memory (bench/dedup.py: 1M documents).
@@ -50,9 +53,10 @@ from fineflow.config import DedupConfig
 from storage import catalog, layout
 from storage.artifacts import ArtifactWriter, Manifest, stage_key
 from storage.fingerprint import fingerprint
+from tasks.download import WarcSource
 from tasks.filter_docs import funnel_digest, load_funnel
 
-STAGE_VERSION = 2
+STAGE_VERSION = 3  # 3: a WARC's crawl comes from its source URI
 CORPUS_DB = "corpus.duckdb"
 _EDGE_BATCH = 1 << 16
 _READ_WINDOW = 8192  # ordinals per range query in iter_kept_*: bounded sorts, zonemap-pruned
@@ -87,10 +91,12 @@ _CRAWL_ID = re.compile(r"CC-MAIN-(\d{4})-(\d{2})(?!\d)")
 _CRAWL_TS = re.compile(r"CC-MAIN-(\d{4})(\d{2})(\d{2})\d{6}-")
 
 
-def crawl_of(warc: str) -> str:
-    """The crawl a WARC belongs to, from its name or path (see the module docstring)."""
-    if m := _CRAWL_ID.search(warc):
-        return m.group(0)
+def crawl_of(warc: str, uri: str | None = None) -> str:
+    """The crawl a WARC belongs to: the id in its source `uri`, else in its name `warc`,
+    else the ISO week of the timestamp in its name (see the module docstring)."""
+    for where in (uri, warc):
+        if where and (m := _CRAWL_ID.search(where)):
+            return m.group(0)
     if m := _CRAWL_TS.search(warc):
         year, week, _ = date(*map(int, m.groups())).isocalendar()
         return f"week-{year}-{week:02d}"
@@ -237,10 +243,17 @@ def dedup_corpus(
     db_path: Path,
     cfg: DedupConfig | None = None,
     scratch: Path | None = None,
+    crawls: list[str] | None = None,
 ) -> dict[str, int]:
-    """Build the corpus database from (warc name, docs.parquet, signatures.parquet) triples."""
+    """Build the corpus database from (warc name, docs.parquet, signatures.parquet) triples.
+
+    `crawls`: each file's crawl (`crawl_of`), for "crawl" scope; default: from the names.
+    """
     cfg = cfg or DedupConfig()
-    scopes = [crawl_of(w) if cfg.scope == "crawl" else "global" for w, _, _ in files]
+    crawls = crawls if crawls is not None else [crawl_of(w) for w, _, _ in files]
+    if len(crawls) != len(files):
+        raise ValueError(f"{len(crawls)} crawls for {len(files)} WARCs")
+    scopes = crawls if cfg.scope == "crawl" else ["global"] * len(files)
     with catalog.connect(db_path) as con:
         con.execute(f"SET memory_limit = '{cfg.memory_limit}'")
         con.execute("SET preserve_insertion_order = false")
@@ -364,12 +377,14 @@ def dedup_docs(
     signatures: list[Manifest],
     cfg: DedupConfig,
     funnel: list[Manifest] | None = None,
+    sources: list[WarcSource] | None = None,
 ) -> Manifest:
     """Near-duplicate clusters over the whole corpus; keeps each cluster's first document.
 
     `funnel`: the per-WARC manifests of the stages before (url_filter, extract, filter),
     whose counts become the `funnel` table (and filter's dropped.parquet the
-    `dropped_samples` table) of corpus.duckdb.
+    `dropped_samples` table) of corpus.duckdb. `sources`: the WARCs as the download
+    stage took them; a WARC's source URI names its crawl (the "crawl" scope).
     """
     if len(docs) != len(signatures):
         raise CorpusMismatch(f"{len(docs)} docs manifests, {len(signatures)} signature manifests")
@@ -382,12 +397,17 @@ def dedup_docs(
         for d, s in zip(docs, signatures, strict=True)
     ]
     funnel = list(funnel or [])
-    key = stage_key(STAGE_VERSION, docs, signatures, cfg, *([funnel] if funnel else []))
+    uri_of = {s.name: s.uri for s in sources or []}
+    crawls = [crawl_of(w, uri_of.get(w)) for w, _, _ in files]
+    if cfg.scope == "crawl":
+        log.info("dedup per crawl, WARCs per crawl: %s", dict(Counter(crawls)))
+    # The crawls decide the scopes, so they are part of what names the output.
+    key = stage_key(STAGE_VERSION, docs, signatures, cfg, crawls, *([funnel] if funnel else []))
     t0 = time.perf_counter()
     with ArtifactWriter(base, "dedup", key) as out:
         scratch = layout.work_dir(base, "dedup", key)  # DuckDB spills here, not in the artifact
         try:
-            counts = dedup_corpus(files, out.path(CORPUS_DB), cfg, scratch)  # closed on return
+            counts = dedup_corpus(files, out.path(CORPUS_DB), cfg, scratch, crawls)  # closed
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         if funnel:

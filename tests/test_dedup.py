@@ -23,6 +23,7 @@ from tasks.dedup import (
     iter_kept_ids,
     iter_kept_texts,
 )
+from tasks.download import describe_sources
 from tasks.minhash import minhash_docs
 
 # Short pieces of prose on unrelated subjects, written for these tests.
@@ -230,23 +231,60 @@ def test_a_new_warc_never_flips_an_earlier_kept_document(tmp_path: Path) -> None
     assert _decisions(tmp_path, dedup_docs.fn(str(tmp_path), docs, sigs, DedupConfig())) == after
 
 
-def test_scope_per_crawl_or_global(tmp_path: Path) -> None:
-    names = [
-        "crawl-data/CC-MAIN-2024-10/x/CC-MAIN-20240220000000-20240220010000-00000.warc.gz",
-        "CC-MAIN-2024-18.part-00001.warc.gz",
-    ]
+CC = "https://data.commoncrawl.org/crawl-data"
+SEG = "segments/1707947473347.0/warc"
+# Common Crawl file names carry a timestamp, not the crawl id: the id is in the URL's path.
+FEB20 = "CC-MAIN-20240220000000-20240220010000-00000.warc.gz"  # ISO week 8
+MAR01 = "CC-MAIN-20240301000000-20240301010000-00001.warc.gz"  # ISO week 9
+MAR02 = "CC-MAIN-20240302000000-20240302010000-00002.warc.gz"  # ISO week 9
+
+
+def _same_page_in(tmp_path: Path, uris: list[str]) -> tuple[list[Manifest], list[Manifest]]:
+    """One WARC per URI, each holding the same page (d0, d1, ...)."""
+    names = [uri.rsplit("/", 1)[-1] for uri in uris]
     docs = [extract_manifest(tmp_path, n, [(f"d{i}", BREAD)]) for i, n in enumerate(names)]
-    sigs = [minhash_docs.fn(str(tmp_path), d, MinHashConfig()) for d in docs]
-    per_crawl = dedup_docs.fn(str(tmp_path), docs, sigs, DedupConfig())
+    return docs, [minhash_docs.fn(str(tmp_path), d, MinHashConfig()) for d in docs]
+
+
+def test_crawl_scope_comes_from_the_source_uri(tmp_path: Path) -> None:
+    # Same ISO week by file name, two crawls by URL: only the URL can tell them apart.
+    uris = [f"{CC}/CC-MAIN-2024-09/{SEG}/{MAR01}", f"{CC}/CC-MAIN-2024-10/{SEG}/{MAR02}"]
+    docs, sigs = _same_page_in(tmp_path, uris)
+    sources = describe_sources(uris)
+    root = str(tmp_path)
+    per_crawl = dedup_docs.fn(root, docs, sigs, DedupConfig(), None, sources)
     assert per_crawl.counts["dropped_duplicate"] == 0  # the same page in two crawls stays
-    everything = dedup_docs.fn(str(tmp_path), docs, sigs, DedupConfig(scope="global"))
+    everything = dedup_docs.fn(root, docs, sigs, DedupConfig(scope="global"), None, sources)
     assert _decisions(tmp_path, everything)["d1"] == (False, "d0", 2)
+    # Without the URIs the names fall back to the ISO week: one scope, deduplicated.
+    by_name = dedup_docs.fn(root, docs, sigs, DedupConfig())
+    assert by_name.counts["dropped_duplicate"] == 1
+    assert by_name.key != per_crawl.key  # different scopes, different artifacts
 
 
-def test_crawl_of_names_and_paths() -> None:
+def test_one_crawl_over_two_weeks_is_one_scope(tmp_path: Path) -> None:
+    # CC-MAIN-2024-10 ran from Feb 20 to Mar 5: its WARCs' timestamps span two ISO weeks.
+    uris = [f"{CC}/CC-MAIN-2024-10/{SEG}/{FEB20}", f"{CC}/CC-MAIN-2024-10/{SEG}/{MAR01}"]
+    docs, sigs = _same_page_in(tmp_path, uris)
+    by_uri = dedup_docs.fn(str(tmp_path), docs, sigs, DedupConfig(), None, describe_sources(uris))
+    assert _decisions(tmp_path, by_uri)["d1"] == (False, "d0", 2)
+    by_name = dedup_docs.fn(str(tmp_path), docs, sigs, DedupConfig())
+    assert by_name.counts["dropped_duplicate"] == 0  # week 8 and week 9: two scopes
+
+
+def test_crawl_of_uris_names_and_the_fallbacks() -> None:
+    assert crawl_of(MAR01, f"{CC}/CC-MAIN-2024-10/{SEG}/{MAR01}") == "CC-MAIN-2024-10"
+    s3 = f"s3://commoncrawl/crawl-data/CC-MAIN-2023-50/{SEG}/{MAR01}"
+    assert crawl_of(MAR01, s3) == "CC-MAIN-2023-50"  # the URI wins over the name's week
+    assert crawl_of("CC-MAIN-2024-18.part-00001.warc.gz", "/data/x.warc.gz") == "CC-MAIN-2024-18"
     assert crawl_of("crawl-data/CC-MAIN-2024-10/segments/1/warc/x.warc.gz") == "CC-MAIN-2024-10"
-    assert crawl_of("CC-MAIN-20240301000000-20240301010000-00000.warc.gz") == "week-2024-09"
-    assert crawl_of("my.warc.gz") == "unknown"
+    # A local file with neither: the ISO week of the name's timestamp, else "unknown".
+    assert crawl_of(MAR01, f"/home/me/warcs/{MAR01}") == "week-2024-09"
+    assert crawl_of(MAR01) == "week-2024-09"
+    assert crawl_of(FEB20) == "week-2024-08"
+    assert crawl_of("my.warc.gz", "file:///tmp/my.warc.gz") == "unknown"
+    # A 14-digit timestamp is not a crawl id.
+    assert crawl_of("x.warc.gz", f"{CC}/CC-MAIN-20240301000000/x.warc.gz") == "unknown"
 
 
 def test_first_seen_clusters_decides_each_generation_once() -> None:
