@@ -49,7 +49,7 @@ def _rid(raw: str) -> str:
     return raw.strip().removeprefix("<").removesuffix(">").removeprefix("urn:uuid:")
 
 
-def datatrove_side(warc: Path, out: Path, lid_model: str) -> None:
+def datatrove_side(warc: Path, out: Path, lid_model: str, char_dup: float | None) -> None:
     """Runs under the datatrove venv: the FineWeb base pipeline, kept ids to `out`."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.extractors import Trafilatura
@@ -81,7 +81,9 @@ def datatrove_side(warc: Path, out: Path, lid_model: str) -> None:
             GopherRepetitionFilter(),
             GopherQualityFilter(),
             C4QualityFilter(filter_no_terminal_punct=False),
-            FineWebQualityFilter(),
+            FineWebQualityFilter(
+                **({} if char_dup is None else {"char_duplicates_ratio": char_dup})
+            ),
             collect,
         ]
         ex = LocalPipelineExecutor(pipeline, tasks=1, workers=1, logging_dir=tmp)
@@ -139,11 +141,20 @@ def main() -> None:
     ap.add_argument("--dt-python", default="/tmp/dt-venv/bin/python")
     ap.add_argument("--datatrove-side", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--lid-model", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--datatrove-defaults",
+        action="store_true",
+        help="leave datatrove's FineWeb duplicate-line threshold at its code default (0.01)"
+        " instead of giving it fineflow's (0.1, the paper's): agreement of the two recipes"
+        " as shipped rather than of the two implementations",
+    )
+    ap.add_argument("--char-dup", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.datatrove_side:
-        datatrove_side(args.warc, args.datatrove_side, args.lid_model)
+        datatrove_side(args.warc, args.datatrove_side, args.lid_model, args.char_dup)
         return
 
+    from fineflow.config import FineWebFilterConfig
     from tasks.quality import lid_model_path
 
     assets = Path(
@@ -155,6 +166,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "dt.json"
         cmd = [args.dt_python, __file__, "--warc", str(args.warc), "--datatrove-side", str(out)]
+        if not args.datatrove_defaults:
+            cmd += ["--char-dup", str(FineWebFilterConfig().char_dup_ratio)]
         subprocess.run([*cmd, "--lid-model", str(lid_model_path())], check=True)
         dt = json.loads(out.read_text())
     ff = fineflow_side(args.warc, assets)
@@ -163,6 +176,8 @@ def main() -> None:
     url = {r["id"]: r["url"] for r in ff["records"]}
     same = [i for i in ids if (i in ff["kept"]) == (i in dt_kept)]
     print(f"WARC {args.warc.name}: {len(ids)} response records")
+    thresholds = "each side's default" if args.datatrove_defaults else "fineflow's, both sides"
+    print(f"FineWeb duplicate-line threshold: {thresholds}")
     for name, side, kept in (("datatrove", dt, dt_kept), ("fineflow", ff, ff["kept"])):
         print(
             f"{name:9s} {side['seconds']:6.1f} s wall, {side['cpu']:6.1f} s CPU, kept {len(kept)}"

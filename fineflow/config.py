@@ -120,6 +120,9 @@ class ExtractConfig(_Config):
     max_html_bytes: int = Field(default=2_000_000, ge=1024, description="bigger pages skipped")
     favor_precision: bool = True
     include_comments: bool = False
+    include_tables: bool = Field(
+        default=True, description="text of <table> cells kept (trafilatura's and FineWeb's default)"
+    )
     workers: int = Field(
         default=1,
         ge=0,

@@ -8,9 +8,11 @@ else the HTTP header charset, then a <meta> charset in the first 4 KiB, strictly
 else the first declared charset (or UTF-8) with errors="replace" (counted
 `decoded_lossy`). NUL bytes in the first 8 KiB, or more than 5% replacement or
 control characters, mean binary or garbage (dropped_undecodable). Then
-trafilatura.extract(favor_precision, include_comments from the config; no tables,
-no dedup, no metadata); None -> dropped_empty, fewer than `min_chars` characters
--> dropped_too_short. An exception is logged and counted skipped_error.
+trafilatura.extract(favor_precision, include_comments, include_tables from the config;
+no metadata; no cross-page deduplication: trafilatura's `deduplicate` drops a paragraph
+it has seen in earlier pages of the same process, which makes a page's text depend on
+which pages happened to go through that worker before it); None -> dropped_empty, fewer
+than `min_chars` characters -> dropped_too_short. An exception is logged and counted skipped_error.
 
 trafilatura runs in `workers` sandbox processes (tasks/sandbox.py) fed one page at a
 time: a page that takes longer than `timeout_s` kills its worker (skipped_timeout,
@@ -45,7 +47,7 @@ from storage.artifacts import ArtifactWriter, Manifest, stage_key
 from tasks.sandbox import Sandbox
 from tasks.warc import WarcRecord, read_records_at
 
-STAGE_VERSION = 2
+STAGE_VERSION = 3  # 3: table text kept (include_tables)
 
 log = logging.getLogger("fineflow.extract")
 
@@ -136,19 +138,21 @@ def _decode(payload: bytes, header_charset: str | None) -> tuple[str, str]:
     return payload.decode(fallback, errors="replace"), "lossy"
 
 
-def extract_main_text(html: str, favor_precision: bool, include_comments: bool) -> str | None:
+def extract_main_text(
+    html: str, favor_precision: bool, include_comments: bool, include_tables: bool = True
+) -> str | None:
     """trafilatura's main text of a page, None when it finds none (runs in the sandbox)."""
     return trafilatura.extract(
         html,
         favor_precision=favor_precision,
         include_comments=include_comments,
-        include_tables=False,
+        include_tables=include_tables,
         deduplicate=False,
         with_metadata=False,
     )
 
 
-Extractor = Callable[[str, bool, bool], "str | None"]
+Extractor = Callable[[str, bool, bool, bool], "str | None"]
 
 
 def prepare(record: WarcRecord, counts: Counter[str]) -> str | None:
@@ -225,7 +229,7 @@ def extract_docs(
     found = 0
     pending: deque[tuple[WarcRecord, dict]] = deque()  # pages in the sandbox, in order
 
-    def jobs() -> Iterator[tuple[str, bool, bool]]:
+    def jobs() -> Iterator[tuple[str, bool, bool, bool]]:
         nonlocal found
         for rec in read_records_at(
             warc, (r["offset"] for r in kept), payload=True, max_payload_bytes=cfg.max_html_bytes
@@ -237,7 +241,7 @@ def extract_docs(
             html = prepare(rec, counts)
             if html is not None:
                 pending.append((rec, row))
-                yield html, cfg.favor_precision, cfg.include_comments
+                yield html, cfg.favor_precision, cfg.include_comments, cfg.include_tables
 
     if cfg.workers:
         pool = Sandbox(extractor, cfg.workers, cfg.timeout_s, cfg.worker_memory_mb)

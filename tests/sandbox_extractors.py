@@ -12,17 +12,17 @@ import time
 from tasks.extract import extract_main_text
 
 
-def flaky(html: str, favor_precision: bool, include_comments: bool) -> str | None:
+def flaky(html: str, *options: bool) -> str | None:
     """Raises on pages about rock pools."""
     if "rock pool" in html:
         raise RuntimeError("parser exploded")
-    return extract_main_text(html, favor_precision, include_comments)
+    return extract_main_text(html, *options)
 
 
-def hangs_or_dies(html: str, favor_precision: bool, include_comments: bool) -> str | None:
+def hangs_or_dies(html: str, *options: bool) -> str | None:
     """Never returns on "HANG" pages, kills its own process on "DIE" pages."""
     if "HANG" in html:
         time.sleep(3600)
     if "DIE" in html:
         os._exit(3)
-    return extract_main_text(html, favor_precision, include_comments)
+    return extract_main_text(html, *options)

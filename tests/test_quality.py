@@ -97,6 +97,22 @@ def test_gopher_quality_rules() -> None:
     )
 
 
+def test_gopher_quality_counts_like_fineweb() -> None:
+    """spaCy-style tokens: punctuation cut off counts against the alphabetic fraction."""
+    code = "\n".join(f"Call handler_{i}(event, context): returns the result of step {i}."
+                     for i in range(20))  # fmt: skip
+    # a whitespace split sees ~89% of words with a letter; FineWeb's tokens ~69%
+    assert sum(any(c.isalpha() for c in w) for w in code.split()) / len(code.split()) > 0.85
+    assert gopher_quality(code, GQ) == "gopher_quality_non_alpha_words"
+    # two *different* stop words are needed, as written (case-sensitive)
+    one_stop = " ".join(["the apple banana cherry walnut"] * 20)
+    assert gopher_quality(one_stop, GQ) == "gopher_quality_stop_words"
+    assert gopher_quality(one_stop.replace("walnut", "And"), GQ) == "gopher_quality_stop_words"
+    assert gopher_quality(one_stop.replace("walnut", "and"), GQ) is None
+    # pure punctuation tokens do not count as words for the 50-word minimum
+    assert gopher_quality("the cat and " * 16 + "! " * 60, GQ) == "gopher_quality_few_words"
+
+
 def test_c4_removes_lines_and_drops_pages() -> None:
     page = PROSE + "\nShare\nThis site uses cookies to improve your experience today.\n"
     page += "Please enable JavaScript in your browser settings.\nA citation[1] stays here ok.\n"
@@ -113,6 +129,11 @@ def test_c4_removes_lines_and_drops_pages() -> None:
     assert "a heading without" not in c4_filter(no_punct, C4.model_copy(
         update={"terminal_punct_lines": True}))[0]  # fmt: skip
     assert count_sentences("One. Two! Three? Four") == 4
+    # cut after . ! ? tokens only: "e.g." and "3.5" are words, "..." is not a full stop
+    assert count_sentences("Use a tool, e.g. a hammer. Pi is 3.14 or so... yes!") == 2
+    # "{" or "lorem ipsum" drop the page only on a line C4 keeps (3+ words)
+    assert c4_filter(PROSE + "\n{x}\nlorem ipsum", C4)[1] is None
+    assert c4_filter(PROSE + "\nset x to {1: 2}", C4)[1] == "c4_curly_bracket"
 
 
 def test_fineweb_rules() -> None:
@@ -131,7 +152,7 @@ def test_fineweb_rules() -> None:
     )
     tripled = "\n".join([PROSE[:600], PROSE[600:1200], PROSE[:600]])
     assert fineweb_quality(tripled, FW) == "fineweb_char_dup_ratio"  # a third duplicated
-    listy = "\n".join(f"Item {i}." for i in range(40)) + "\n" + PROSE[:200]
+    listy = "\n".join(f"Item{i}." for i in range(40)) + "\n" + PROSE[:200]
     assert fineweb_quality(listy, FW.model_copy(update={"short_line_thr": 1.0})) == (
         "fineweb_list_ratio"
     )
