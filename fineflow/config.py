@@ -328,7 +328,16 @@ class EvaluateConfig(_Config):
 class PipelineConfig(_Config):
     """Everything one run needs. Defaults: the bundled sample on a CPU."""
 
-    data_root: Path = Field(default=REPO_ROOT / "data", description="artifacts, cache, DuckDB")
+    data_root: Path = Field(
+        default=REPO_ROOT / "data",
+        description="artifacts, cache, DuckDB (local). Given an fsspec URL (s3://bucket/prefix),"
+        " the URL becomes remote_root and this a local working copy under ~/.cache/fineflow",
+    )
+    remote_root: str | None = Field(
+        default=None,
+        description="fsspec URL (s3://, gs://, az://, file://) mirroring data_root: artifacts"
+        " and cache records are uploaded there and restored from it instead of rerun",
+    )
     sources: SourceConfig = Field(default_factory=SourceConfig)
     download: DownloadConfig = DownloadConfig()
     url_filter: UrlFilterConfig = Field(default_factory=UrlFilterConfig)
@@ -348,6 +357,35 @@ class PipelineConfig(_Config):
     )
     force: list[StageName] = Field(default_factory=list, description="stages to rerun anyway")
     stop_after: StageName | None = Field(default=None, description="last stage to run")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_data_root(cls, data: object) -> object:
+        # data_root=s3://… is shorthand for remote_root=s3://… with a derived working copy
+        from storage import layout, remote
+
+        root = data.get("data_root") if isinstance(data, dict) else None
+        if remote.is_url(root) and remote.check_url(root) is None and not data.get("remote_root"):
+            return {**data, "remote_root": root, "data_root": layout.remote_cache_dir(root)}
+        return data
+
+    @field_validator("data_root", mode="before")
+    @classmethod
+    def _local_or_usable_url(cls, v: object) -> object:
+        from storage import remote
+
+        if remote.is_url(v):  # a URL the shorthand above could not take
+            raise ValueError(remote.check_url(v) or "give remote_root or data_root, not both URLs")
+        return v
+
+    @field_validator("remote_root")
+    @classmethod
+    def _remote_usable(cls, v: str | None) -> str | None:
+        from storage import remote
+
+        if v is not None and (problem := remote.check_url(v) if remote.is_url(v) else "not a URL"):
+            raise ValueError(problem)
+        return v.rstrip("/") if v else v
 
     @field_validator("url_filter")
     @classmethod

@@ -30,7 +30,7 @@ class CorpusResult:
 
 def staged(task, cfg: PipelineConfig, stage: StageName):
     """`task` with the project's cache policy, refreshed if the user forced `stage`."""
-    return bind(task, cfg.data_root, refresh=stage in cfg.force)
+    return bind(task, cfg.data_root, refresh=stage in cfg.force, remote=cfg.remote_root)
 
 
 @flow(name="fineflow-data", log_prints=True)

@@ -143,13 +143,27 @@ class ArtifactWriter:
             stats=stats or {},
         )
         _write_json_atomic(self.tmp / MANIFEST_NAME, manifest.model_dump(mode="json"))
-        if self.final.exists():  # an older, possibly tampered copy: replace it whole
-            trash = self.final.parent / f".{self.key}.old-{uuid.uuid4().hex[:8]}"
-            self.final.rename(trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        self.tmp.rename(self.final)
-        _remember_verified(self.final, manifest)
+        install(self.tmp, self.final, manifest)
         return manifest
+
+
+def install(tmp: Path, final: Path, manifest: Manifest) -> None:
+    """Move a complete artifact directory (manifest.json inside) to its final name."""
+    if final.exists():  # an older, possibly tampered copy: replace it whole
+        trash = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        final.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    tmp.rename(final)
+    _remember_verified(final, manifest)
+
+
+def manifests(result: Any) -> list[Manifest]:
+    """The manifests a task returned (one, or a list of them; anything else holds none)."""
+    if isinstance(result, Manifest):
+        return [result]
+    if isinstance(result, (list, tuple)):
+        return [m for m in result if isinstance(m, Manifest)]
+    return []
 
 
 def verify(root: Path, manifest: Manifest) -> str | None:

@@ -10,6 +10,10 @@ the key up, the stored manifest is verified against the files on disk, and a rec
 whose files are missing or changed is deleted, so the stage runs again instead of
 handing a dangling manifest downstream.
 
+With a remote data root (`storage.remote`) the key sees the URL, not the local path,
+records and artifacts are restored from the remote before the lookup, and a completion
+hook uploads them.
+
 Result records live in `<data_root>/_prefect/results`; locks (SERIALIZABLE
 isolation) in `<data_root>/_prefect/locks` as `flock`s, which the OS releases
 when a process dies, so a killed run never leaves a lock behind.
@@ -33,24 +37,23 @@ from prefect.context import TaskRunContext
 from prefect.tasks import Task
 
 from storage import layout
-from storage.artifacts import Manifest, verify
+from storage.artifacts import manifests, verify
 from storage.fingerprint import fingerprint
+from storage.remote import PushToRemote, Remote
 
 log = logging.getLogger("fineflow.cache")
 T = TypeVar("T", bound=Task)
 
 
-def _manifests(result: Any) -> list[Manifest]:
-    if isinstance(result, Manifest):
-        return [result]
-    if isinstance(result, (list, tuple)):
-        return [m for m in result if isinstance(m, Manifest)]
-    return []
-
-
 @dataclass
 class StageCache(CachePolicy):
-    """Inputs + task source + STAGE_VERSION; drops records whose artifact is gone."""
+    """Inputs + task source + STAGE_VERSION; drops records whose artifact is gone.
+
+    With `remote` (the data root's fsspec URL), the key sees the URL instead of the local
+    working copy's path, and records and artifacts are restored from it before the lookup.
+    """
+
+    remote: str | None = None
 
     def compute_key(
         self,
@@ -61,18 +64,25 @@ class StageCache(CachePolicy):
     ) -> str | None:
         if task_ctx is None:
             return None
-        key = task_cache_key(task_ctx.task, inputs)
+        key = task_cache_key(task_ctx.task, inputs, self.remote)
         root = inputs.get("root")
         if root is not None:
+            if self.remote is not None:
+                refresh = bool(task_ctx.task.refresh_cache)
+                Remote(self.remote).restore(Path(root), key, inputs, refresh)
             _drop_if_stale(task_ctx, key, Path(root))
         return key
 
 
-def task_cache_key(task: Task, inputs: dict[str, Any]) -> str:
+def task_cache_key(task: Task, inputs: dict[str, Any], remote: str | None = None) -> str:
     """The key of `task` run on `inputs` (its bound arguments): name, version, source, inputs.
 
     One formula for the cache itself and for `fineflow status`, which predicts hits.
+    With a remote data root the key sees its URL in place of the local `root`, so every
+    machine mirroring one bucket computes the same keys.
     """
+    if remote is not None and "root" in inputs:
+        inputs = {**inputs, "root": remote}
     module = sys.modules.get(task.fn.__module__)
     version = getattr(module, "STAGE_VERSION", None)
     if version is None:
@@ -91,7 +101,7 @@ def _drop_if_stale(task_ctx: TaskRunContext, key: str, root: Path) -> None:
     except Exception as exc:  # an unreadable record is as good as none
         reason = f"unreadable cache record ({exc.__class__.__name__})"
     else:
-        reason = next((r for m in _manifests(result) if (r := verify(root, m))), None)
+        reason = next((r for m in manifests(result) if (r := verify(root, m))), None)
     if reason is None:
         return
     basepath = getattr(store.result_storage, "basepath", None)
@@ -186,12 +196,20 @@ class FlockLockManager:
         return await asyncio.to_thread(self.wait_for_lock, key, timeout)
 
 
-def bind(task: T, root: Path, refresh: bool = False) -> T:
-    """The task with fineflow's cache policy, result storage and locks under `root`."""
-    policy = StageCache().configure(
+def bind(task: T, root: Path, refresh: bool = False, remote: str | None = None) -> T:
+    """The task with fineflow's cache policy, result storage and locks under `root`.
+
+    With `remote` (an fsspec URL), `root` is its local working copy: results are restored
+    from the remote before the cache lookup and uploaded to it when the task completes.
+    """
+    policy = StageCache(remote=remote).configure(
         isolation_level="SERIALIZABLE", lock_manager=FlockLockManager(layout.locks_dir(root))
     )
+    hooks = {}
+    if remote is not None:
+        hooks["on_completion"] = [*task.on_completion_hooks, PushToRemote(remote, str(root))]
     return task.with_options(
+        **hooks,
         cache_policy=policy,
         result_storage=layout.results_dir(root).resolve(),
         persist_result=True,

@@ -6,10 +6,14 @@
   _prefect/results/       Prefect result records (the task cache), beside the data
   _prefect/locks/         per-cache-key locks for overlapping runs
   report.md               the last run's report (a copy of the evaluate artifact's)
+
+A remote data root (an fsspec URL, `storage.remote`) has the same layout; its local
+working copy defaults to `~/.cache/fineflow/<scheme>/<bucket>/<prefix>` ($XDG_CACHE_HOME).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -28,3 +32,12 @@ def locks_dir(root: Path) -> Path:
 def work_dir(root: Path, stage: str, key: str) -> Path:
     """Scratch space that survives a killed run (training resumes from here); not an artifact."""
     return Path(root) / stage / f".{key}.work"
+
+
+def remote_cache_dir(url: str) -> Path:
+    """The default local working copy of the remote data root `url`."""
+    scheme, _, rest = url.partition("://")
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(
+        cache, "fineflow", scheme, *[p for p in rest.split("/") if p not in ("", ".", "..")]
+    )

@@ -1,0 +1,81 @@
+"""Object-storage data root: what mirroring to S3 costs, on a local S3 server (moto).
+
+Runs the data flow (to dedup) on the sample's first WARCs four ways and prints seconds:
+local data root, first run; the same with `remote_root=s3://…` (compute + upload);
+an empty local working copy on the same bucket (restore: everything downloaded, all
+`Cached`); and the local data root again, cached, for comparison. Also the bytes mirrored.
+
+    .venv/bin/python bench/remote.py [--warcs 2] [--pages 40]
+
+Needs the test extra (moto[server], s3fs). The S3 server runs in this process, so
+upload/download rates are those of the loopback and moto, not of a real bucket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--warcs", type=int, default=2)
+    ap.add_argument("--pages", type=int, default=40, help="responses per WARC (0: whole WARC)")
+    args = ap.parse_args()
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    import fsspec
+    from e2e import SAMPLE_WARCS, head_warc, small_config
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import pipeline
+
+    fs = fsspec.filesystem("s3")
+    fs.mkdir("bench")
+    tmp = Path(tempfile.mkdtemp(prefix="ff-remote-"))
+    warcs = []
+    for p in SAMPLE_WARCS[: args.warcs]:
+        warcs.append(str(head_warc(p, tmp / p.name, args.pages) if args.pages else p))
+
+    def run(label: str, root: Path, remote: str | None) -> None:
+        cfg = small_config(root, warcs, stop_after="dedup", remote_root=remote)
+        start = time.perf_counter()
+        result = pipeline(cfg)
+        took = time.perf_counter() - start
+        ran = sum(line.ran for line in result.lines)
+        cached = sum(line.cached for line in result.lines)
+        print(f"{label:<44} {took:6.1f} s   task runs: {ran} ran, {cached} cached", flush=True)
+
+    with prefect_test_harness(server_startup_timeout=120):
+        print(f"{args.warcs} WARCs x {args.pages or 'all'} pages, data flow to dedup")
+        run("local data root, first run", tmp / "local", None)
+        run("remote_root=s3://, first run (compute + upload)", tmp / "m1", "s3://bench/r")
+        run("s3://, empty working copy (restore)", tmp / "m2", "s3://bench/r")
+        run("s3://, working copy present (cached)", tmp / "m2", "s3://bench/r")
+        run("local data root, cached", tmp / "local", None)
+    mirrored = sum(fs.du("bench/r", total=False).values())
+    print(f"mirrored: {mirrored / 1e6:.1f} MB in {len(fs.find('bench/r'))} objects")
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()
