@@ -142,7 +142,8 @@ def print_summary(result, cfg: PipelineConfig, seconds: float) -> None:
     for line in result.lines:
         print(line)
     root = cfg.data_root
-    print(f"\noutputs under {root}:")
+    mirror = f" (local working copy of {cfg.remote_root})" if cfg.remote_root else ""
+    print(f"\noutputs under {root}{mirror}:")
     for stage, name, label in OUTPUTS:
         if (m := result.outputs.get(stage)) is not None:
             print(f"  {label:<24} {root / m.dir / name}")
