@@ -25,8 +25,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def prefect_server(home: Path, startup_s: float = 120) -> Iterator[str]:
-    """The base URL (http://127.0.0.1:PORT) of a running server, stopped on exit."""
+def prefect_server(
+    home: Path, startup_s: float = 120, settings: dict[str, str] | None = None
+) -> Iterator[str]:
+    """The base URL (http://127.0.0.1:PORT) of a running server, stopped on exit.
+
+    `settings`: more PREFECT_* variables for the server (e.g. a shorter scheduler loop).
+    """
     port = free_port()
     env = {
         **os.environ,
@@ -34,6 +39,7 @@ def prefect_server(home: Path, startup_s: float = 120) -> Iterator[str]:
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",  # the UI's JS calls this
+        **(settings or {}),
     }
     env.pop("PREFECT_API_URL", None)
     log = open(home / "server.log", "wb")  # noqa: SIM115 (lives as long as the server)
