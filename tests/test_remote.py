@@ -149,6 +149,18 @@ def test_a_second_machine_gets_the_first_stages_cached(s3, prefect_server, warcs
     assert third == {"download": "cached", "url_filter": "ran"}
     assert s3.cat_file(f"{BUCKET}/short/{url_filter}") == made[url_filter]
 
+    # a run killed mid-upload left the download's files up, no manifest, no record: the
+    # next run, all cached where it ran, finishes the upload
+    (download,) = [p for p in made if p.startswith("download/")]
+    s3.rm_file(f"{BUCKET}/short/{download}")
+    for rec in s3.ls(f"{BUCKET}/short/_prefect/results"):
+        if Path(rec).name.startswith("download-"):
+            s3.rm_file(rec)
+    fourth, _ = _run(tmp_path / "machine3", warcs[:1], url, "url_filter")
+    assert fourth == {"download": "cached", "url_filter": "cached"}
+    assert s3.cat_file(f"{BUCKET}/short/{download}") == made[download]
+    assert len(s3.ls(f"{BUCKET}/short/_prefect/results")) == 2
+
 
 @pytest.mark.slow
 def test_a_second_machine_restores_the_corpus(s3, prefect_server, warcs, tmp_path):
