@@ -75,7 +75,9 @@ class Remote:
     def _fs(self) -> tuple[Any, str]:
         from fsspec.core import url_to_fs
 
-        fs, base = url_to_fs(self.url)  # fsspec caches filesystem instances
+        # fsspec caches filesystem instances; a local directory needs its parents made
+        local = self.url.partition("://")[0] in ("file", "local")
+        fs, base = url_to_fs(self.url, **({"auto_mkdir": True} if local else {}))
         return fs, base.rstrip("/")
 
     def _cat(self, rel: str) -> bytes | None:

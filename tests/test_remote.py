@@ -89,6 +89,18 @@ def test_artifact_round_trip_and_a_cut_upload_is_not_trusted(s3, tmp_path):
     assert not any((tmp_path / "d" / "extract").iterdir())
 
 
+def test_a_file_url_mirror_makes_its_directories(tmp_path):
+    remote = Remote(f"file://{tmp_path}/mirror")
+    m = _artifact(tmp_path / "a", "k", b"local bytes")
+    assert remote.push_artifact(tmp_path / "a", m)
+    assert (tmp_path / "mirror/extract/k/sub/extra.bin").read_bytes() == b"setyb lacol"
+    remote.fetch_artifact(tmp_path / "b", m)
+    assert (tmp_path / "b/extract/k/docs.parquet").read_bytes() == b"local bytes"
+    (tmp_path / "mirror/extract/k" / MANIFEST_NAME).unlink()
+    with pytest.raises(RemoteMiss, match="no manifest"):
+        remote.fetch_artifact(tmp_path / "c", m)
+
+
 def test_a_rebuilt_artifact_replaces_the_remote_one_manifest_last(s3, tmp_path):
     remote = Remote(f"s3://{BUCKET}/rebuilt")
     old = _artifact(tmp_path / "a", "k", b"first build")
