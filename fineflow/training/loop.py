@@ -29,7 +29,7 @@ from fineflow.model import GPT
 from fineflow.progress import Progress
 from fineflow.training.checkpoint import TrainState, checkpoints, load_checkpoint, save_checkpoint
 from fineflow.training.data import Prefetcher, WindowSampler
-from fineflow.training.runtime import SINGLE_PROCESS, Dist, autocast, pick_device
+from fineflow.training.runtime import SINGLE_PROCESS, Dist, autocast, setup_device
 
 log = logging.getLogger("fineflow.train")
 
@@ -80,6 +80,83 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - floor)
 
 
+def run_info(
+    model: GPT, cfg: TrainConfig, device: torch.device, dist: Dist, accum: int, compiled: bool
+) -> dict[str, Any]:
+    """The run's figures (metrics.duckdb's `run` table: tasks/train.py RUN_COLUMNS), logged."""
+    tokens_per_step = cfg.batch_size * cfg.model.block_size * accum * dist.world
+    flops_per_token = model.estimate_flops_per_token()
+    info = {
+        "device": device_name(device),
+        "world": dist.world,
+        "grad_accum": accum,
+        "tokens_per_step": tokens_per_step,
+        "flops_per_token": flops_per_token,
+        "peak_flops": device_peak_flops(device),
+        "compiled": compiled,
+    }
+    log.info(
+        "train: %d params, %.1f MFLOP/token, %d tokens/step (%d x %d x %d x %d), %s x %d, "
+        "compile %s",
+        model.num_params(),
+        flops_per_token / 1e6,
+        tokens_per_step,
+        cfg.batch_size,
+        cfg.model.block_size,
+        accum,
+        dist.world,
+        info["device"],
+        dist.world,
+        compiled,
+    )
+    return info
+
+
+@dataclass
+class LogClock:
+    """When the current log interval began and how many steps it holds (for tokens/s)."""
+
+    start: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+
+
+def log_interval(
+    state: TrainState,
+    clock: LogClock,
+    lr: float,
+    grad_norm: torch.Tensor,
+    cfg: TrainConfig,
+    dist: Dist,
+    info: dict[str, Any],
+) -> None:
+    """Close a log interval: its mean loss into the history, a row of LOG_COLUMNS, a log line."""
+    loss_sum = state.loss_sum
+    assert loss_sum is not None  # a log interval holds at least one step
+    if dist.world > 1:  # the mean over all processes' micro-batches
+        loss_sum = loss_sum.clone()
+        torch.distributed.all_reduce(loss_sum)
+        loss_sum /= dist.world
+    mean = float(loss_sum) / state.loss_steps  # the only sync per log interval
+    state.history.append((state.step, mean))
+    state.loss_sum, state.loss_steps = None, 0
+    now = time.perf_counter()
+    state.elapsed_s += now - clock.start
+    tok_s = clock.steps * info["tokens_per_step"] / (now - clock.start)
+    util = mfu(tok_s, info["flops_per_token"], info["peak_flops"], dist.world)
+    state.log_rows.append((state.step, mean, lr, float(grad_norm), tok_s, util, state.elapsed_s))
+    log.info(
+        "step %d/%d  loss %.4f  lr %.2e  grad norm %.2f  %.0f tok/s%s",
+        state.step,
+        cfg.steps,
+        mean,
+        lr,
+        float(grad_norm),
+        tok_s,
+        "" if util is None else f"  MFU {100 * util:.1f}%",
+    )
+    clock.start, clock.steps = now, 0
+
+
 @dataclass
 class TrainResult:
     model: GPT  # the plain (uncompiled, unwrapped) module, on the training device
@@ -105,14 +182,7 @@ def train(
     stop_at: return after this step without a final checkpoint, as a kill would (tests).
     dist: rank and world size under torchrun (the process group is already set up).
     """
-    device = pick_device(cfg.device, dist.local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for matmuls autocast leaves fp32
-        torch.backends.cudnn.allow_tf32 = True
+    device = setup_device(cfg, dist)
     torch.manual_seed(cfg.seed)
     model = GPT(cfg.model, vocab_size).to(device)
     opt = make_optimizer(model, cfg, device)
@@ -130,36 +200,12 @@ def train(
         ids = [device.index] if device.type == "cuda" else None
         forward = DistributedDataParallel(forward, device_ids=ids)
     sampler = WindowSampler(shards, cfg.model.block_size, cfg.batch_size, cfg.seed)
-    tokens_per_step = cfg.batch_size * cfg.model.block_size * accum * dist.world
-    flops_per_token = model.estimate_flops_per_token()
-    peak = device_peak_flops(device)
-    info = {
-        "device": device_name(device),
-        "world": dist.world,
-        "grad_accum": accum,
-        "tokens_per_step": tokens_per_step,
-        "flops_per_token": flops_per_token,
-        "peak_flops": peak,
-        "compiled": compiled,
-    }
-    log.info(
-        "train: %d params, %.1f MFLOP/token, %d tokens/step (%d x %d x %d x %d), %s x %d, "
-        "compile %s",
-        model.num_params(),
-        flops_per_token / 1e6,
-        tokens_per_step,
-        cfg.batch_size,
-        cfg.model.block_size,
-        accum,
-        dist.world,
-        info["device"],
-        dist.world,
-        compiled,
-    )
+    info = run_info(model, cfg, device, dist, accum, compiled)
+    tokens_per_step = info["tokens_per_step"]
 
     model.train()
     loader = Prefetcher(sampler, state.step, accum, device, dist)
-    t_log, steps_since_log = time.perf_counter(), 0
+    clock = LogClock()
     try:
         while state.step < cfg.steps:
             lr = lr_at(state.step, cfg)
@@ -178,39 +224,14 @@ def train(
             opt.step()
             opt.zero_grad(set_to_none=True)
             state.step += 1
-            steps_since_log += 1
+            clock.steps += 1
             state.loss_sum = step_loss if state.loss_sum is None else state.loss_sum + step_loss
             state.loss_steps += 1
             if progress is not None:
                 progress.update(state.step, cfg.steps)
 
             if state.step % cfg.log_every == 0 or state.step in (1, cfg.steps):
-                loss_sum = state.loss_sum
-                if dist.world > 1:  # the mean over all processes' micro-batches
-                    loss_sum = loss_sum.clone()
-                    torch.distributed.all_reduce(loss_sum)
-                    loss_sum /= dist.world
-                mean = float(loss_sum) / state.loss_steps  # the only sync per log interval
-                state.history.append((state.step, mean))
-                state.loss_sum, state.loss_steps = None, 0
-                now = time.perf_counter()
-                state.elapsed_s += now - t_log
-                tok_s = steps_since_log * tokens_per_step / (now - t_log)
-                util = mfu(tok_s, flops_per_token, peak, dist.world)
-                state.log_rows.append(
-                    (state.step, mean, lr, float(grad_norm), tok_s, util, state.elapsed_s)
-                )
-                log.info(
-                    "step %d/%d  loss %.4f  lr %.2e  grad norm %.2f  %.0f tok/s%s",
-                    state.step,
-                    cfg.steps,
-                    mean,
-                    lr,
-                    float(grad_norm),
-                    tok_s,
-                    "" if util is None else f"  MFU {100 * util:.1f}%",
-                )
-                t_log, steps_since_log = now, 0
+                log_interval(state, clock, lr, grad_norm, cfg, dist, info)
             if stop_at is not None and state.step >= stop_at:
                 break
             if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:

@@ -43,6 +43,19 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
+def setup_device(cfg: TrainConfig, dist: Dist = SINGLE_PROCESS) -> torch.device:
+    """This process's device, made current; CPU threads (train.threads); TF32 on CUDA."""
+    device = pick_device(cfg.device, dist.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for matmuls autocast leaves fp32
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
 def process_count(cfg: TrainConfig) -> int:
     """How many training processes: cfg.nproc, else one per CUDA GPU (1 without CUDA)."""
     if cfg.nproc is not None:
