@@ -120,7 +120,7 @@ def pipeline_status(cfg: PipelineConfig) -> list[StageStatus]:
         col = {s: [c[s] for c in chains] for s in chains[0]} if chains else {}
         funnel = col["url_filter"] + col["extract"] + col["filter"]
         state, corpus = lookup(
-            dedup_docs, cfg, "dedup", col["filter"], col["minhash"], cfg.dedup, funnel
+            dedup_docs, cfg, "dedup", col["filter"], col["minhash"], cfg.dedup, funnel, sources
         )
         out.append(StageStatus("dedup", (state,), corpus.dir if corpus else ""))
 

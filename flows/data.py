@@ -73,7 +73,7 @@ def build_corpus(cfg: PipelineConfig) -> CorpusResult:
 
     funnel = done["url_filter"] + done["extract"] + done["filter"]
     dedup = staged(dedup_docs, cfg, "dedup").submit(
-        root, done["filter"], done["minhash"], cfg.dedup, funnel
+        root, done["filter"], done["minhash"], cfg.dedup, funnel, sources
     )
     corpus = clock.finish("dedup", [dedup])[0]
     return CorpusResult(corpus, clock.lines)
