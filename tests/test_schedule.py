@@ -31,7 +31,8 @@ from fineflow.config import REPO_ROOT
 
 CRAWL = "CC-MAIN-2024-10"
 PER_WARC = ("download", "url_filter", "extract", "filter", "minhash")
-# About 2 minutes on the 2-core dev box: two runs, each a fresh process and process pool.
+# 175 s on the 2-core dev box with other test suites running (load average 6.5): two
+# runs, each a fresh process (about 20 s to start under that load) and process pool.
 pytestmark = pytest.mark.slow
 
 EVERY_S = 20  # the schedule's interval; a run takes longer, so the second one has to wait
