@@ -36,6 +36,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import zlib
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -55,7 +56,7 @@ from fineflow.config import (
     PiiConfig,
 )
 from tasks.words import TERMINAL as FINAL_CHARS
-from tasks.words import is_symbol, words
+from tasks.words import has_letter, is_symbol, words
 from tasks.words import sentences as count_sentences
 
 SENTENCE_END = tuple(sorted(FINAL_CHARS))  # FineWeb's line-punctuation rule: . ! ? and kin
@@ -161,21 +162,33 @@ def _top_ngram_chars(grams: _Ngrams, n: int) -> int | None:
 
 def _dup_ngram_chars(grams: _Ngrams, n: int) -> int:
     """Characters of n-grams that repeat one seen before, scanning left to right: a repeat
-    is counted and skipped whole (the n-grams starting inside it are not looked at)."""
+    is counted and skipped whole (the n-grams starting inside it are neither looked at nor
+    remembered)."""
     keys = grams.keys(n)
-    _, first = np.unique(keys, return_index=True)
-    if len(first) == len(keys):
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    firsts = first[inverse]  # where each position's n-gram first occurs
+    candidates = np.flatnonzero(firsts < np.arange(len(keys)))
+    if not len(candidates):
         return 0  # no n-gram occurs twice: the usual case
-    order = keys.tolist()
-    seen: set[int] = set()
-    repeated = i = 0
-    while i < len(order):
-        if order[i] in seen:
-            repeated += grams.chars(i, n)
-            i += n
+    # Only positions whose n-gram occurred before can be repeats. Position c repeats iff
+    # its n-gram was remembered at a visited position before it: its first occurrence
+    # (unless that lies inside a skipped stretch) or an earlier candidate that was visited.
+    skip_starts: list[int] = []
+    skip_ends: list[int] = []
+    remembered: set[int] = set()
+    repeated = free = 0
+    for c in candidates.tolist():
+        if c < free:
+            continue  # inside the stretch the last repeat skipped
+        key, f = int(inverse[c]), int(firsts[c])
+        i = bisect_right(skip_starts, f) - 1
+        if key in remembered or i < 0 or f >= skip_ends[i]:
+            repeated += grams.chars(c, n)
+            skip_starts.append(c + 1)
+            skip_ends.append(c + n)
+            free = c + n
         else:
-            seen.add(order[i])
-            i += 1
+            remembered.add(key)
     return repeated
 
 
@@ -248,7 +261,7 @@ def gopher_quality(
         cfg.max_ellipsis_lines_ratio
     ):
         return "gopher_quality_ellipsis_lines"
-    alpha = sum(any(c.isalpha() for c in t) for t in tokens)
+    alpha = sum(map(has_letter, tokens))
     if alpha / total < cfg.max_non_alpha_words_ratio:
         return "gopher_quality_non_alpha_words"
     if len(STOP_WORDS.intersection(tokens)) < cfg.min_stop_words:

@@ -196,14 +196,13 @@ def _piece(piece: str) -> tuple[str, ...]:
     s, last = piece, -1
     while s and len(s) != last and s not in _SPECIAL:
         last = len(s)
-        m = _PREFIX.search(s)
+        m = _PREFIX.match(s)
         pre = m.end() if m else 0
         if pre and s[pre:] in _SPECIAL:
             prefixes.append(s[:pre])
             s = s[pre:]
             break
-        m = _SUFFIX.search(s[pre:])
-        suf = len(s) - pre - m.start() if m else 0
+        suf = _suffix_len(s[pre:])
         if suf and s[:-suf] in _SPECIAL:
             suffixes.append(s[-suf:])
             s = s[:-suf]
@@ -235,6 +234,18 @@ def _piece(piece: str) -> tuple[str, ...]:
     if len(tokens) > 1 and any(not t.isalnum() for t in tokens):
         tokens = _glue(tokens)
     return tuple(tokens)
+
+
+_SUFFIX_WINDOW = 12  # longer than any suffix but a run of dots
+
+
+def _suffix_len(s: str) -> int:
+    """Length of the suffix the leftmost suffix match takes off `s` (0: none)."""
+    start = max(0, len(s) - _SUFFIX_WINDOW)
+    m = _SUFFIX.search(s, start)  # every suffix rule ends at $: only the tail can match
+    if m and m.start() == start and start and s[start] == ".":
+        m = _SUFFIX.search(s)  # a run of dots may reach further left
+    return len(s) - m.start() if m else 0
 
 
 def _glue(tokens: list[str]) -> list[str]:
@@ -307,5 +318,13 @@ SYMBOLS = (
 )
 
 
+_SYMBOL_CHARS = "".join(sorted(SYMBOLS))
+
+
 def is_symbol(token: str) -> bool:
-    return all(c in SYMBOLS for c in token)
+    return not token.strip(_SYMBOL_CHARS)
+
+
+@lru_cache(maxsize=1 << 18)
+def has_letter(token: str) -> bool:
+    return any(c.isalpha() for c in token)

@@ -189,3 +189,31 @@ def test_chain_order_and_reason_list() -> None:
 def test_degenerate_texts_do_not_crash(n_words: int) -> None:
     v = judge(" ".join(["word"] * n_words), FilterConfig())
     assert v.reason is not None
+
+
+def test_repeated_ngram_count_matches_the_plain_scan() -> None:
+    """The candidate-only scan equals the definition: walk left to right, a remembered
+    n-gram counts its characters and jumps n words ahead, anything else is remembered."""
+    import random
+
+    from tasks.quality import _dup_ngram_chars, _Ngrams
+
+    def plain(tokens: list[str], n: int) -> int:
+        seen: set[tuple[str, ...]] = set()
+        repeated = i = 0
+        while i < len(tokens) - n + 1:
+            gram = tuple(tokens[i : i + n])
+            if gram in seen:
+                repeated += sum(map(len, gram))
+                i += n
+            else:
+                seen.add(gram)
+                i += 1
+        return repeated
+
+    rng = random.Random(7)
+    for trial in range(300):
+        vocab = ["a", "bb", "ccc", "dd", "e"][: rng.randint(1, 5)]
+        tokens = [rng.choice(vocab) for _ in range(rng.randint(0, 60))]
+        for n in (1, 2, 3, 5):
+            assert _dup_ngram_chars(_Ngrams(tokens), n) == plain(tokens, n), (trial, n, tokens)
