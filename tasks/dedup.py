@@ -29,7 +29,8 @@ towards keeping); failing that, "unknown" (all such WARCs share one scope).
 DuckDB runs under DedupConfig.memory_limit and spills to a scratch directory beside the
 artifact, so the corpus never has to fit in memory (bench/dedup.py: 1M documents).
 
-corpus.duckdb: tables `documents` and `dedup_stats` (see storage/catalog.py).
+corpus.duckdb: tables `documents` and `dedup_stats` (see storage/catalog.py). Manifest stats:
+largest_cluster, crawls (the WARCs' crawls, comma-separated).
 """
 
 from __future__ import annotations
@@ -427,4 +428,6 @@ def dedup_docs(
         content = fingerprint([d.fingerprint for d in docs], counts.pop("decisions_md5"))
         if funnel:  # the funnel tables are part of what the file holds
             content = fingerprint(content, funnel_digest(funnel))
-        return out.commit(cfg, counts=counts, stats={"largest_cluster": largest}, content=content)
+        # which crawls the corpus spans (a WARC's crawl as dedup saw it, whatever the scope)
+        stats = {"largest_cluster": largest, "crawls": ",".join(sorted(set(crawls)))}
+        return out.commit(cfg, counts=counts, stats=stats, content=content)

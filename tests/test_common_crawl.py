@@ -53,6 +53,7 @@ def test_schedule_grows_the_corpus_by_the_next_batch_and_trains_on_demand(
         for stage in ("download", "url_filter", "extract", "minhash"):
             assert lines(second)[stage] == (1, 2), stage
         corpus = second.outputs["dedup"]
+        assert corpus.stats["crawls"] == CRAWL  # from the URLs; the names hold only timestamps
         assert corpus.counts["docs"] > first.outputs["dedup"].counts["docs"]
         fetched = [p for p, _, code in crawl.requests if p.endswith(".warc.gz") and code == 200]
         assert len(fetched) == len(set(fetched)) == 3  # nothing downloaded twice

@@ -254,11 +254,13 @@ def test_crawl_scope_comes_from_the_source_uri(tmp_path: Path) -> None:
     root = str(tmp_path)
     per_crawl = dedup_docs.fn(root, docs, sigs, DedupConfig(), None, sources)
     assert per_crawl.counts["dropped_duplicate"] == 0  # the same page in two crawls stays
+    assert per_crawl.stats["crawls"] == "CC-MAIN-2024-09,CC-MAIN-2024-10"
     everything = dedup_docs.fn(root, docs, sigs, DedupConfig(scope="global"), None, sources)
     assert _decisions(tmp_path, everything)["d1"] == (False, "d0", 2)
     # Without the URIs the names fall back to the ISO week: one scope, deduplicated.
     by_name = dedup_docs.fn(root, docs, sigs, DedupConfig())
     assert by_name.counts["dropped_duplicate"] == 1
+    assert by_name.stats["crawls"] == "week-2024-09"
     assert by_name.key != per_crawl.key  # different scopes, different artifacts
 
 
