@@ -4,7 +4,7 @@ The deployment is the one in prefect.yaml (entrypoint, work pool, pull step, con
 limit), deployed with `prefect deploy` and changed only where a test must: the nightly
 cron becomes an interval of a few seconds, the crawl is the local crawl server's (three
 WARCs), one WARC a run, the data root a temporary folder. Nobody creates a run: the
-server's scheduler service (its loop lowered to 1 s) does, and a process worker runs
+server's scheduler service (its loop lowered to 2 s) does, and a process worker runs
 them. Checked through Prefect's client: two auto-scheduled runs, one after the other,
 both Completed; the second fetched and processed only the new WARC (the first one's
 per-WARC stages Cached) and the corpus grew.
@@ -31,11 +31,11 @@ from fineflow.config import REPO_ROOT
 
 CRAWL = "CC-MAIN-2024-10"
 PER_WARC = ("download", "url_filter", "extract", "filter", "minhash")
-# 175 s on the 2-core dev box with other test suites running (load average 6.5): two
-# runs, each a fresh process (about 20 s to start under that load) and process pool.
+# 88 s on the quiet 2-core dev box, 175 s with other test suites running (load average
+# 6.5): two runs, each a fresh process (5 s to start, 20 s under that load) and pool.
 pytestmark = pytest.mark.slow
 
-EVERY_S = 20  # the schedule's interval; a run takes longer, so the second one has to wait
+EVERY_S = 20  # the schedule's interval; a run that outlasts it holds the next one back
 SERVER_SETTINGS = {
     "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",  # default 60
     # a few runs ahead, not 100: fewer rows to write and to clear away at the end
