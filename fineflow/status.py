@@ -23,8 +23,10 @@ from fineflow.config import PipelineConfig
 from storage import layout
 from storage.artifacts import Manifest, verify
 from storage.cache import task_cache_key
+from storage.remote import Remote
 
 CACHED, STALE, RUNS, FORCED, UNKNOWN = "cached", "stale", "will run", "forced", "unknown"
+RESTORES = "cached remotely"  # a remote_root holds it: the run downloads instead of running
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,10 @@ class StageStatus:
         return f"{self.stage:<11} {self.summary:<22} {self.detail}"
 
 
-def cache_key(task: Any, root: str, *args: Any) -> str:
+def cache_key(task: Any, root: str, *args: Any, remote: str | None = None) -> str:
     """The key StageCache gives `task` called with (root, *args)."""
-    return task_cache_key(task, dict(inspect.signature(task.fn).bind(root, *args).arguments))
+    inputs = dict(inspect.signature(task.fn).bind(root, *args).arguments)
+    return task_cache_key(task, inputs, remote)
 
 
 def lookup(task: Any, cfg: PipelineConfig, stage: str, *args: Any) -> tuple[str, Any]:
@@ -58,9 +61,16 @@ def lookup(task: Any, cfg: PipelineConfig, stage: str, *args: Any) -> tuple[str,
     root = cfg.data_root
     if stage in cfg.force:
         return FORCED, None
-    record = layout.results_dir(root) / cache_key(task, str(root), *args)
+    key = cache_key(task, str(root), *args, remote=cfg.remote_root)
+    record = layout.results_dir(root) / key
     if not record.is_file():
-        return RUNS, None
+        body = Remote(cfg.remote_root).record(key) if cfg.remote_root else None
+        if body is None:
+            return RUNS, None
+        try:  # the run fetches it and checks every file; here the record is enough
+            return RESTORES, ResultRecord.deserialize(body).result
+        except Exception:
+            return RUNS, None
     try:
         result = ResultRecord.deserialize(record.read_bytes()).result
     except Exception:
@@ -155,7 +165,8 @@ def describe(cfg: PipelineConfig) -> str:
     lines.append(f"{'stage':<11} {'status':<22} detail")
     lines += [str(s) for s in pipeline_status(cfg)]
     lines.append(
-        "cached: reused as is; stale: a cache record whose files changed, reruns; "
+        "cached: reused as is; cached remotely: on remote_root, the run fetches it; "
+        "stale: a cache record whose files changed, reruns; "
         "unknown: depends on the output of a stage that will run"
     )
     return "\n".join(lines)

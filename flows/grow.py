@@ -22,17 +22,23 @@ from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import STAGES, CommonCrawlConfig, DownloadConfig, PipelineConfig
 from flows.pipeline import PipelineResult, run_data, run_model
-from storage.artifacts import load_manifest
+from storage.artifacts import MANIFEST_NAME, load_manifest
+from storage.remote import Remote
 from tasks import download
 
 log = logging.getLogger("fineflow.grow")
 
 
-def taken_prefix(root: Path, urls: list[str]) -> int:
-    """How many of `urls`, from the first, already have a download artifact under `root`."""
+def taken_prefix(root: Path, urls: list[str], remote: str | None = None) -> int:
+    """How many of `urls`, from the first, already have a download artifact under `root`
+    (or, with a `remote` data root, on the remote: a fresh machine's working copy is empty)."""
+    mirror = Remote(remote) if remote else None
     n = 0
     for source in download.describe_sources(urls):
-        if load_manifest(root, "download", download.artifact_key(source)) is None:
+        key = download.artifact_key(source)
+        if load_manifest(root, "download", key) is None and not (
+            mirror and mirror.has(f"download/{key}/{MANIFEST_NAME}")
+        ):
             break
         n += 1
     return n
@@ -58,13 +64,13 @@ def _listing(cc: CommonCrawlConfig, n: int, dl: DownloadConfig) -> tuple[list[st
 
 
 def next_slice(
-    root: Path, cc: CommonCrawlConfig, batch: int, dl: DownloadConfig
+    root: Path, cc: CommonCrawlConfig, batch: int, dl: DownloadConfig, remote: str | None = None
 ) -> CommonCrawlConfig:
     """The slice that is everything already taken plus the next `batch` WARCs."""
     n = max(batch, 8)
     while True:
         urls, ended = _listing(cc, n, dl)
-        have = taken_prefix(root, urls)
+        have = taken_prefix(root, urls, remote)
         if have + batch <= len(urls) or ended:
             break
         n = max(2 * n, have + batch)
@@ -81,17 +87,17 @@ def next_slice(
 
 @task(name="plan_growth", task_run_name="plan_growth[{cc.crawl}+{batch}]", cache_policy=NO_CACHE)
 def plan_growth(
-    root: str, cc: CommonCrawlConfig, batch: int, dl: DownloadConfig
+    root: str, cc: CommonCrawlConfig, batch: int, dl: DownloadConfig, remote: str | None = None
 ) -> CommonCrawlConfig:
     """The Common Crawl slice of this run: the WARCs already taken plus `batch` new ones."""
-    return next_slice(Path(root), cc, batch, dl)
+    return next_slice(Path(root), cc, batch, dl, remote)
 
 
 def _grown(cfg: PipelineConfig, batch: int) -> PipelineConfig:
     cc = cfg.sources.common_crawl
     if cc is None:
         return cfg  # explicit WARCs only: the corpus is what `sources.warcs` lists
-    grown = plan_growth(str(cfg.data_root), cc, batch, cfg.download)
+    grown = plan_growth(str(cfg.data_root), cc, batch, cfg.download, cfg.remote_root)
     return cfg.model_copy(
         update={"sources": cfg.sources.model_copy(update={"common_crawl": grown})}
     )

@@ -153,6 +153,10 @@ class Remote:
         fs.pipe_file(f"{base}/{rel}", body)
         return True
 
+    def record(self, cache_key: str) -> bytes | None:
+        """The remote cache record's bytes, or None; nothing is restored."""
+        return self._cat(f"_prefect/results/{cache_key}")
+
     def fetch_record(self, root: Path, cache_key: str) -> bool:
         """Restore a cache record and its artifacts from the remote; False if it has none."""
         from prefect._internal.result_records import ResultRecord

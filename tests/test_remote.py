@@ -15,6 +15,8 @@ from e2e import small_config
 from pydantic import ValidationError
 
 from fineflow.config import PipelineConfig
+from fineflow.status import RESTORES, pipeline_status
+from flows.grow import taken_prefix
 from storage import layout
 from storage.artifacts import MANIFEST_NAME, ArtifactWriter
 from storage.remote import Remote, RemoteMiss
@@ -151,6 +153,14 @@ def test_a_second_machine_gets_the_first_stages_cached(s3, prefect_server, warcs
     first, _ = _run(tmp_path / "machine1", warcs[:1], url, "url_filter")
     assert first == {"download": "ran", "url_filter": "ran"}
     made = _local_manifests(tmp_path / "machine1")
+    # before machine 2 runs anything: `fineflow status` and the crawl growth see the bucket
+    fresh = small_config(tmp_path / "machine2", warcs[:1], stop_after="url_filter", remote_root=url)
+    assert {s.stage: s.summary for s in pipeline_status(fresh)} == {
+        "download": RESTORES,
+        "url_filter": RESTORES,
+    }
+    assert taken_prefix(tmp_path / "machine2", warcs[:2]) == 0
+    assert taken_prefix(tmp_path / "machine2", warcs[:2], remote=url) == 1
     second, _ = _run(tmp_path / "machine2", warcs[:1], url, "url_filter")
     assert second == {"download": "cached", "url_filter": "cached"}
     assert _local_manifests(tmp_path / "machine2") == made
