@@ -3,7 +3,7 @@
 The train task writes JOB (a JSON file: shard paths, vocab size, TrainConfig, work dir)
 and launches torchrun, which starts one copy of this module per process with RANK,
 WORLD_SIZE and LOCAL_RANK set. Each copy joins the process group (NCCL on CUDA, gloo
-on CPU), runs the same `tasks.train.train` as a single process does, wrapped in DDP
+on CPU), runs the same `fineflow.training.loop.train` as a single process does, wrapped in DDP
 there, and rank 0 writes the final weights and logs to `<work>/result.pt` for the
 task to read back. Checkpoints go to the same work dir, so a killed job resumes the
 same way a single process does.
@@ -20,8 +20,10 @@ import torch
 import torch.distributed as torch_dist
 
 from fineflow.config import TrainConfig
+from fineflow.training.launch import RESULT
+from fineflow.training.loop import train
+from fineflow.training.runtime import Dist
 from tasks.shard import read_shard
-from tasks.train import RESULT, Dist, train
 
 
 def main(argv: list[str]) -> int:

@@ -39,17 +39,11 @@ from fineflow.config import TrainConfig
 from fineflow.model import GPT
 from fineflow.training.checkpoint import run_config
 from fineflow.training.data import mean_loss, shard_paths
-from fineflow.training.launch import RESULT as RESULT  # re-exported, see below
 from fineflow.training.launch import train_job
-from fineflow.training.loop import train as train  # re-exported, see below
-from fineflow.training.runtime import Dist as Dist  # re-exported, see below
 from fineflow.training.runtime import pick_device, process_count
 from storage import layout
 from storage.artifacts import ArtifactWriter, Manifest, stage_key
 from storage.fingerprint import file_sha256, fingerprint
-
-# Re-exported: fineflow/distributed.py imports RESULT, Dist and train from here. Once
-# it imports them from fineflow.training, those three imports go.
 
 STAGE_VERSION = 2  # bump when anything in fineflow/training/ changes what training produces
 METRICS_DB = "metrics.duckdb"
