@@ -14,10 +14,8 @@ from fineflow.config import PipelineConfig
 from flows.data import staged
 from flows.summary import StageClock, StageLine
 from storage.artifacts import Manifest
-from tasks.evaluate import evaluate_model
 from tasks.shard import shard_tokens
 from tasks.tokenizer import train_tokenizer
-from tasks.train import train_model
 
 
 @dataclass(frozen=True)
@@ -30,6 +28,11 @@ class ModelResult:
 @flow(name="fineflow-model", log_prints=True)
 def train_on_corpus(cfg: PipelineConfig, corpus: Manifest) -> ModelResult:
     """Train the tokenizer, shard the corpus, train the GPT and evaluate it."""
+    # torch is imported here, not with the module: a data-only run (the scheduled crawl
+    # growth, every process-pool worker) never pays for it
+    from tasks.evaluate import evaluate_model
+    from tasks.train import train_model
+
     root = str(cfg.data_root)
     clock = StageClock()
     out: dict[str, Manifest] = {}
