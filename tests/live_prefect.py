@@ -70,3 +70,23 @@ def prefect_server(
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+async def task_runs(client, flow_run_ids: list) -> list:
+    """Task runs of these flow runs and of their subflows."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
+    )
+
+    subflows = await client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=list(flow_run_ids))
+        )
+    )
+    ids = list(flow_run_ids) + [r.id for r in subflows]
+    return await client.read_task_runs(
+        task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids))
+    )

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from crawl_server import Crawl, serve
 from e2e import SAMPLE_WARCS, head_warc
-from live_prefect import PREFECT, prefect_server
+from live_prefect import PREFECT, prefect_server, task_runs
 
 from fineflow.cli import deep_merge
 from fineflow.config import REPO_ROOT
@@ -85,23 +85,7 @@ async def _runs(client, deployment_id) -> list:
 
 async def _task_runs(client, flow_run_id) -> dict[str, str]:
     """Task run name -> state name, over the run and its subflows."""
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterParentFlowRunId,
-        TaskRunFilter,
-        TaskRunFilterFlowRunId,
-    )
-
-    subflows = await client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
-        )
-    )
-    ids = [flow_run_id] + [r.id for r in subflows]
-    runs = await client.read_task_runs(
-        task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids))
-    )
-    return {t.name: t.state.name for t in runs if t.state}
+    return {t.name: t.state.name for t in await task_runs(client, [flow_run_id]) if t.state}
 
 
 async def _funnel_total(client, flow_run_id) -> dict:

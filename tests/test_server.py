@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from crawl_server import Crawl, serve
 from e2e import SAMPLE_WARCS, head_warc
-from live_prefect import PREFECT, prefect_server
+from live_prefect import PREFECT, prefect_server, task_runs
 
 from fineflow.config import REPO_ROOT
 
@@ -72,30 +72,18 @@ async def _wait_final(client, flow_run_id, timeout_s: float = 300):
         await asyncio.sleep(1)
 
 
-async def _task_runs(client, flow_run_ids) -> list:
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterParentFlowRunId,
-        TaskRunFilter,
-        TaskRunFilterFlowRunId,
-    )
+def _client():
+    """A client of the live server (os.environ, set by `live`), not of whatever test
+    harness an earlier test module left in Prefect's settings."""
+    from prefect.client.orchestration import PrefectClient
 
-    subflows = await client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=flow_run_ids)
-        )
-    )
-    ids = list(flow_run_ids) + [r.id for r in subflows]
-    return await client.read_task_runs(
-        task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids))
-    )
+    return PrefectClient(os.environ["PREFECT_API_URL"])
 
 
 def _run_deployment(cfg: dict) -> tuple:
-    from prefect.client.orchestration import get_client
 
     async def go():
-        async with get_client() as client:
+        async with _client() as client:
             dep = await client.read_deployment_by_name("fineflow/data")
             fr = await client.create_flow_run_from_deployment(dep.id, parameters={"cfg": cfg})
             return await _wait_final(client, fr.id)
@@ -121,14 +109,13 @@ def completed_run(live, warcs, tmp_path_factory):
 
 
 def test_deployed_run_names_task_runs_by_stage_and_warc(completed_run, warcs):
-    from prefect.client.orchestration import get_client
 
     run, _ = completed_run
     assert run.state.is_completed(), run.state
 
     async def names():
-        async with get_client() as client:
-            return {t.name for t in await _task_runs(client, [run.id])}
+        async with _client() as client:
+            return {t.name for t in await task_runs(client, [run.id])}
 
     got = asyncio.run(names())
     for stage in ("download", "url_filter", "extract", "minhash"):
@@ -140,13 +127,12 @@ def test_deployed_run_names_task_runs_by_stage_and_warc(completed_run, warcs):
 def test_deployed_run_carries_funnel_table_and_run_summary(completed_run, warcs):
     import json
 
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     run, root = completed_run
 
     async def artifacts():
-        async with get_client() as client:
+        async with _client() as client:
             return await client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
             )
@@ -163,7 +149,6 @@ def test_deployed_run_carries_funnel_table_and_run_summary(completed_run, warcs)
 def test_a_retried_run_resumes_at_the_failed_stage(live, warcs, tmp_path):
     """WARC 2 answers 404, the run fails; once it is back, a retry (the UI's Retry button
     sets the run Scheduled again) reruns only what had not finished: WARC 1 stays Cached."""
-    from prefect.client.orchestration import get_client
     from prefect.states import Scheduled
 
     crawl = Crawl(CRAWL, warcs[:2], missing={warcs[1].name})
@@ -180,15 +165,15 @@ def test_a_retried_run_resumes_at_the_failed_stage(live, warcs, tmp_path):
         crawl.missing.clear()  # the server is back
 
         async def retry():
-            async with get_client() as client:
+            async with _client() as client:
                 await client.set_flow_run_state(failed.id, Scheduled(), force=True)
                 run = await _wait_final(client, failed.id)
-                return run, await _task_runs(client, [failed.id])
+                return run, await task_runs(client, [failed.id])
 
-        run, task_runs = asyncio.run(retry())
+        run, retried = asyncio.run(retry())
     assert run.state.is_completed(), run.state
     latest: dict[str, str] = {}
-    for t in sorted(task_runs, key=lambda t: t.expected_start_time or t.created):
+    for t in sorted(retried, key=lambda t: t.expected_start_time or t.created):
         latest[t.name] = t.state.name
     first = warcs[0].name
     for stage in ("download", "url_filter", "extract", "minhash"):
