@@ -90,3 +90,21 @@ async def task_runs(client, flow_run_ids: list) -> list:
     return await client.read_task_runs(
         task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids))
     )
+
+
+@contextmanager
+def process_worker(home: Path, env: dict[str, str], cwd: Path) -> Iterator[subprocess.Popen]:
+    """A `fineflow-process` pool worker (logging to home/worker.log), stopped on exit."""
+    with open(home / "worker.log", "wb") as log:
+        worker = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", "fineflow-process", "--type", "process"],
+            env=env,
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield worker
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from crawl_server import Crawl, serve
 from e2e import SAMPLE_WARCS, head_warc
-from live_prefect import PREFECT, prefect_server, task_runs
+from live_prefect import PREFECT, prefect_server, process_worker, task_runs
 
 from fineflow.cli import deep_merge
 from fineflow.config import REPO_ROOT
@@ -154,14 +154,6 @@ def test_schedule_fires_and_each_run_grows_the_corpus_by_the_next_warc(tmp_path_
             [PREFECT, "--no-prompt", "deploy", "--name", "common-crawl", "--prefect-file", project],
             **run,
         )
-        log = open(home / "worker.log", "wb")  # noqa: SIM115
-        worker = subprocess.Popen(
-            [PREFECT, "worker", "start", "--pool", "fineflow-process", "--type", "process"],
-            env=env,
-            cwd=REPO_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
 
         async def observe():
             # this server, whatever test harness an earlier test left in Prefect's settings
@@ -172,12 +164,8 @@ def test_schedule_fires_and_each_run_grows_the_corpus_by_the_next_warc(tmp_path_
                 totals = [await _funnel_total(client, r.id) for r in runs]
                 return dep, runs, tasks, totals
 
-        try:
+        with process_worker(home, env, REPO_ROOT):
             dep, runs, tasks, totals = asyncio.run(observe())
-        finally:
-            worker.terminate()
-            worker.wait(timeout=30)
-            log.close()
 
     assert dep.global_concurrency_limit.limit == 1  # prefect.yaml's, as deployed
     assert dep.schedules[0].schedule.interval.total_seconds() == EVERY_S

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from crawl_server import Crawl, serve
 from e2e import SAMPLE_WARCS, head_warc
-from live_prefect import PREFECT, prefect_server, task_runs
+from live_prefect import PREFECT, prefect_server, process_worker, task_runs
 
 from fineflow.config import REPO_ROOT
 
@@ -40,26 +40,16 @@ def live(tmp_path_factory):
         run = dict(env=env, cwd=REPO_ROOT, check=True, capture_output=True)
         subprocess.run([PREFECT, "work-pool", "create", "fineflow-process", "-t", "process"], **run)
         subprocess.run([PREFECT, "--no-prompt", "deploy", "--name", "data"], **run)
-        log = open(home / "worker.log", "wb")  # noqa: SIM115
-        worker = subprocess.Popen(
-            [PREFECT, "worker", "start", "--pool", "fineflow-process", "--type", "process"],
-            env=env,
-            cwd=REPO_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        old = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
-        try:
-            yield url, home
-        finally:
-            worker.terminate()
-            worker.wait(timeout=30)
-            log.close()
-            if old is None:
-                os.environ.pop("PREFECT_API_URL", None)
-            else:
-                os.environ["PREFECT_API_URL"] = old
+        with process_worker(home, env, REPO_ROOT):
+            old = os.environ.get("PREFECT_API_URL")
+            os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
+            try:
+                yield url, home
+            finally:
+                if old is None:
+                    os.environ.pop("PREFECT_API_URL", None)
+                else:
+                    os.environ["PREFECT_API_URL"] = old
 
 
 async def _wait_final(client, flow_run_id, timeout_s: float = 300):
