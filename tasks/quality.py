@@ -274,7 +274,7 @@ def gopher_quality(
 _CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]", re.I)
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
            "use cookies")  # fmt: skip
-TERMINAL = (".", "!", "?", '"', "'")  # C4's line ends, for its (FineWeb: off) line rule
+C4_LINE_ENDS = (".", "!", "?", '"', "'")  # C4's line ends, for its (FineWeb: off) line rule
 
 
 def c4_filter(text: str, cfg: C4FilterConfig) -> tuple[str, str | None]:
@@ -293,7 +293,7 @@ def c4_filter(text: str, cfg: C4FilterConfig) -> tuple[str, str | None]:
             continue
         if cfg.remove_citations:
             line = _CITATION.sub("", line)
-        if cfg.terminal_punct_lines and (not line.endswith(TERMINAL) or line.endswith("...")):
+        if cfg.terminal_punct_lines and (not line.endswith(C4_LINE_ENDS) or line.endswith("...")):
             continue
         if len(line_words) < cfg.min_words_per_line:
             continue
