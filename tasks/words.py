@@ -52,7 +52,7 @@ def _either(items: list[str]) -> str:
 
 
 _Q = "".join(_literal(_QUOTES))
-_P = "".join(_literal(list("…,:;!?¿؟¡()[]{}<>_#*&。？！，、；：～·।،۔؛٪")))
+_P = "".join(_literal([p for p in _PUNCT if len(p) == 1]))
 
 _PREFIX = regex.compile(
     "^(?:"
@@ -182,11 +182,15 @@ def words(text: str) -> list[str]:
     """The word tokens FineWeb's filters count (spaCy English rules, whitespace dropped)."""
     out: list[str] = []
     for piece in text.split():
-        if (piece.isalpha() or piece.isdigit()) and piece not in _SPECIAL:
-            out.append(piece)  # nothing to cut: the bulk of prose
-        else:
-            out.extend(_piece(piece))
+        out.extend(_piece_tokens(piece))
     return out
+
+
+def _piece_tokens(piece: str) -> tuple[str, ...]:
+    """The tokens of one whitespace-separated piece."""
+    if (piece.isalpha() or piece.isdigit()) and piece not in _SPECIAL:
+        return (piece,)  # nothing to cut: the bulk of prose
+    return _piece(piece)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -297,12 +301,6 @@ def sentences(text: str) -> int:
 
 
 _GAPS = regex.compile(r"(\s*)(\S+)")
-
-
-def _piece_tokens(piece: str) -> tuple[str, ...] | list[str]:
-    if (piece.isalpha() or piece.isdigit()) and piece not in _SPECIAL:
-        return [piece]
-    return _piece(piece)
 
 
 # Characters a token may consist of entirely and still be "a symbol, not a word" for

@@ -7,12 +7,11 @@ and its manifests must equal those of the default local process pool on another 
 
 from __future__ import annotations
 
+import dask
+import distributed
+import prefect_dask  # noqa: F401  (the task runner under test)
 import pytest
 from e2e import small_config
-
-dask = pytest.importorskip("dask")
-distributed = pytest.importorskip("distributed")
-pytest.importorskip("prefect_dask")
 
 PER_WARC = ["download", "url_filter", "extract", "filter", "minhash"]
 

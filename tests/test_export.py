@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from test_train import DOCS, make_upstream, tiny_train_config
 
 from fineflow.export import export, hf_state_dict, main
 from fineflow.model import GPT
 from tasks.tokenizer import EOT
 from tasks.train import train_model
-
-transformers = pytest.importorskip("transformers")
 
 
 def test_exported_model_and_tokenizer_match_fineflow(tmp_path: Path) -> None:

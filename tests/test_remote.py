@@ -11,7 +11,9 @@ import socket
 from pathlib import Path
 
 import pytest
+import s3fs  # noqa: F401  (the s3:// backend; the test extra installs it)
 from e2e import small_config
+from moto import server as moto_server
 from pydantic import ValidationError
 
 from fineflow.config import PipelineConfig
@@ -20,9 +22,6 @@ from flows.grow import taken_prefix
 from storage import layout
 from storage.artifacts import MANIFEST_NAME, ArtifactWriter
 from storage.remote import Remote, RemoteMiss
-
-pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
 
 BUCKET = "fineflow-test"
 DATA_STAGES = ["download", "url_filter", "extract", "filter", "minhash", "dedup"]

@@ -128,7 +128,6 @@ def test_training_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_tiktoken_encoder_matches_hf_on_real_text(tok) -> None:
-    pytest.importorskip("tiktoken")
     fast = tiktoken_encoder(tok)
     assert fast is not None
     texts = HELD_OUT + [inspect.getsource(m) for m in (argparse, textwrap)] + _lines()
@@ -136,7 +135,6 @@ def test_tiktoken_encoder_matches_hf_on_real_text(tok) -> None:
 
 
 def test_tiktoken_encoder_refuses_a_different_split(tok) -> None:
-    pytest.importorskip("tiktoken")
     spec = tok.to_str()
     changed = spec.replace(r"\\p{N}{1,3}", r"\\p{N}{1,2}")
     assert changed != spec
