@@ -21,12 +21,12 @@ from typing import Any
 
 from fineflow.config import PipelineConfig
 from storage import layout
-from storage.artifacts import Manifest, verify
+from storage.artifacts import manifests, verify
 from storage.cache import task_cache_key
 from storage.remote import Remote
 
 CACHED, STALE, RUNS, FORCED, UNKNOWN = "cached", "stale", "will run", "forced", "unknown"
-RESTORES = "cached remotely"  # a remote_root holds it: the run downloads instead of running
+RESTORES = "cached remotely"  # remote_root holds it: reused; fetched if a running stage reads it
 
 
 @dataclass(frozen=True)
@@ -63,22 +63,22 @@ def lookup(task: Any, cfg: PipelineConfig, stage: str, *args: Any) -> tuple[str,
         return FORCED, None
     key = cache_key(task, str(root), *args, remote=cfg.remote_root)
     record = layout.results_dir(root) / key
-    if not record.is_file():
-        body = Remote(cfg.remote_root).record(key) if cfg.remote_root else None
-        if body is None:
-            return RUNS, None
-        try:  # the run fetches it and checks every file; here the record is enough
-            return RESTORES, ResultRecord.deserialize(body).result
-        except Exception:
-            return RUNS, None
+    remote = Remote(cfg.remote_root) if cfg.remote_root else None
+    local = record.is_file()
+    body = record.read_bytes() if local else remote.record(key) if remote else None
+    if body is None:
+        return RUNS, None
     try:
-        result = ResultRecord.deserialize(record.read_bytes()).result
+        result = ResultRecord.deserialize(body).result
     except Exception:
-        return STALE, None
-    ms = result if isinstance(result, list) else [result]
-    if any(isinstance(m, Manifest) and verify(root, m) for m in ms):
-        return STALE, None
-    return CACHED, result
+        return (STALE, None) if local else (RUNS, None)
+    # as Remote.restore decides: each artifact intact here, or held by the remote
+    missing = [m for m in manifests(result) if verify(root, m)]
+    if missing and remote is not None and all(map(remote.holds, missing)):
+        return RESTORES, result
+    if missing:
+        return (STALE, None) if local else (RUNS, None)
+    return (CACHED, result) if local else (RESTORES, result)
 
 
 def pipeline_status(cfg: PipelineConfig) -> list[StageStatus]:
@@ -165,7 +165,8 @@ def describe(cfg: PipelineConfig) -> str:
     lines.append(f"{'stage':<11} {'status':<22} detail")
     lines += [str(s) for s in pipeline_status(cfg)]
     lines.append(
-        "cached: reused as is; cached remotely: on remote_root, the run fetches it; "
+        "cached: reused as is; cached remotely: reused from remote_root (fetched only if a "
+        "stage that runs reads it); "
         "stale: a cache record whose files changed, reruns; "
         "unknown: depends on the output of a stage that will run"
     )

@@ -18,6 +18,7 @@ from flows.data import CorpusResult, build_corpus
 from flows.summary import StageLine, publish_run_artifacts
 from flows.train import train_on_corpus
 from storage.artifacts import Manifest
+from storage.remote import Remote
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ def run_model(cfg: PipelineConfig, data: CorpusResult) -> PipelineResult:
     else:
         model = train_on_corpus(cfg, data.corpus)
         result = PipelineResult(data.lines + model.lines, {"dedup": data.corpus, **model.outputs})
+    if cfg.remote_root is not None:  # stages fetch lazily: bring what the run reports here
+        Remote(cfg.remote_root).localize(cfg.data_root, result.outputs.values())
     publish_run_artifacts(result.lines, result.outputs, cfg.data_root)
     return result
 

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -70,14 +71,35 @@ class Manifest(BaseModel):
         return f"{self.stage}/{self.key}"
 
     def path(self, root: Path, name: str) -> Path:
-        """Absolute path of one of this artifact's files."""
+        """Absolute path of one of this artifact's files (fetched first if it is remote only)."""
         if not any(f.path == name for f in self.files):
             raise KeyError(f"{self.stage} artifact {self.key} has no file {name!r}")
-        return layout.artifact_dir(root, self.stage, self.key) / name
+        return self._here(root) / name
 
     def paths(self, root: Path, suffix: str = "") -> list[Path]:
-        base = layout.artifact_dir(root, self.stage, self.key)
+        base = self._here(root)
         return [base / f.path for f in self.files if f.path.endswith(suffix)]
+
+    def _here(self, root: Path) -> Path:
+        """The artifact's local directory; under a remote data root, fetched if absent."""
+        base = layout.artifact_dir(root, self.stage, self.key)
+        if _FETCHERS and not (base / MANIFEST_NAME).is_file():
+            fetch = _FETCHERS.get(str(Path(root).resolve()))
+            if fetch is not None:
+                fetch(Path(root), self)
+        return base
+
+
+# Local data root -> how to bring one of its artifacts down from the remote it mirrors
+# (storage.remote.mirror registers it in each process that runs a task): the stages read
+# files through Manifest.path/paths, so an artifact is downloaded when, and only when,
+# a stage that runs opens it.
+_FETCHERS: dict[str, Callable[[Path, Manifest], Any]] = {}
+
+
+def on_absent(root: Path, fetch: Callable[[Path, Manifest], Any]) -> None:
+    """Have Manifest.path/paths call `fetch(root, manifest)` for an artifact not under `root`."""
+    _FETCHERS[str(Path(root).resolve())] = fetch
 
 
 def stage_key(stage_version: int, *inputs: Any) -> str:

@@ -11,8 +11,8 @@ whose files are missing or changed is deleted, so the stage runs again instead o
 handing a dangling manifest downstream.
 
 With a remote data root (`storage.remote`) the key sees the URL, not the local path,
-records and artifacts are restored from the remote before the lookup, and a completion
-hook uploads them.
+a record the remote holds counts as a hit (its artifacts are fetched only when a stage
+that runs reads them), and a completion hook uploads what a task made.
 
 Result records live in `<data_root>/_prefect/results`; locks (SERIALIZABLE
 isolation) in `<data_root>/_prefect/locks` as `flock`s, which the OS releases
@@ -50,7 +50,7 @@ class StageCache(CachePolicy):
     """Inputs + task source + STAGE_VERSION; drops records whose artifact is gone.
 
     With `remote` (the data root's fsspec URL), the key sees the URL instead of the local
-    working copy's path, and records and artifacts are restored from it before the lookup.
+    working copy's path, and the remote is consulted before the lookup (Remote.restore).
     """
 
     remote: str | None = None
@@ -67,10 +67,11 @@ class StageCache(CachePolicy):
         key = task_cache_key(task_ctx.task, inputs, self.remote)
         root = inputs.get("root")
         if root is not None:
+            held: set[str] = set()
             if self.remote is not None:
                 refresh = bool(task_ctx.task.refresh_cache)
-                Remote(self.remote).restore(Path(root), key, inputs, refresh)
-            _drop_if_stale(task_ctx, key, Path(root))
+                held = Remote(self.remote).restore(Path(root), key, inputs, refresh)
+            _drop_if_stale(task_ctx, key, Path(root), held)
         return key
 
 
@@ -92,7 +93,8 @@ def task_cache_key(task: Task, inputs: dict[str, Any], remote: str | None = None
     return f"{task.name}-{fingerprint(version, source, inputs)[:32]}"
 
 
-def _drop_if_stale(task_ctx: TaskRunContext, key: str, root: Path) -> None:
+def _drop_if_stale(task_ctx: TaskRunContext, key: str, root: Path, held: set[str]) -> None:
+    """Delete the record `key` if an artifact it names is not intact (`held`: on the remote)."""
     store = task_ctx.result_store
     if store is None or not store.exists(key):
         return
@@ -101,7 +103,9 @@ def _drop_if_stale(task_ctx: TaskRunContext, key: str, root: Path) -> None:
     except Exception as exc:  # an unreadable record is as good as none
         reason = f"unreadable cache record ({exc.__class__.__name__})"
     else:
-        reason = next((r for m in manifests(result) if (r := verify(root, m))), None)
+        reason = next(
+            (r for m in manifests(result) if m.dir not in held and (r := verify(root, m))), None
+        )
     if reason is None:
         return
     basepath = getattr(store.result_storage, "basepath", None)

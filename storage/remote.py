@@ -12,12 +12,19 @@ Uploads run as each task's completion hook, also when the task was `Cached`, so 
 that a killed run left half done is finished by the next run. Prefect logs a failing hook
 and goes on; the next run retries.
 
-Downloads run where the cache key is computed (before Prefect looks the key up): a record
-missing locally but present remotely is fetched with its artifacts, every file checked
-against the record's manifest (size, sha256), and only then written locally, so the task
-comes back `Cached`; anything that fails a check is left out and the stage runs. A local
-artifact that went missing or changed is fetched again the same way. Cache keys see the
-remote URL, not the local path, so every machine computes the same keys.
+Downloads are lazy, decided where the cache key is computed (before Prefect looks the key
+up). A record, local or the remote's, is a hit when every artifact it names is intact in
+the working copy or held by the remote (its manifest there, equal): the task comes back
+`Cached` and nothing is downloaded. A task that runs fetches an input artifact when it
+opens one of its files (stages reach files only through Manifest.path/paths, which call
+back here), every file checked against the manifest (size, sha256) before it is installed
+locally; an input whose local copy is no longer intact is fetched again before the task
+starts. So a fresh machine that grows the corpus by one WARC fetches only what dedup reads
+of the old WARCs (filtered documents, signatures), never their WARC files or extracted
+pages, and a run whose every stage is cached fetches only the outputs it reports
+(flows/pipeline.py). A remote file that fails its check takes its manifest down (the next
+run rebuilds that artifact) and fails the reading task with the reason. Cache keys see
+the remote URL, not the local path, so every machine computes the same keys.
 
 Locks stay local (`flock`): two machines writing one key at once both upload; the last
 manifest wins, and a reader that gets the other writer's files fails the sha256 check.
@@ -26,16 +33,18 @@ Training checkpoints (`.<key>.work`) and DuckDB spill files stay local.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from storage import layout
-from storage.artifacts import MANIFEST_NAME, Manifest, install, manifests, verify
+from storage.artifacts import MANIFEST_NAME, Manifest, install, manifests, on_absent, verify
 from storage.fingerprint import file_sha256
 
 log = logging.getLogger("fineflow.remote")
@@ -43,7 +52,14 @@ _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+://")
 
 
 class RemoteMiss(Exception):
-    """The remote holds no complete, matching copy of what was asked for."""
+    """The remote holds no complete, matching copy of what was asked for.
+
+    broken: a manifest is there but a file it names is missing or differs.
+    """
+
+    def __init__(self, message: str, broken: bool = False) -> None:
+        super().__init__(message)
+        self.broken = broken
 
 
 def is_url(value: object) -> bool:
@@ -95,15 +111,15 @@ class Remote:
 
     def push_artifact(self, root: Path, m: Manifest) -> bool:
         """Upload a committed artifact, files first, manifest.json last; False if it was there."""
+        remote_body = self._cat(f"{m.dir}/{MANIFEST_NAME}")
+        if remote_body is not None and Manifest.model_validate_json(remote_body) == m:
+            return False  # there already (perhaps only there: a cached stage fetches nothing)
         local = layout.artifact_dir(root, m.stage, m.key)
         body = (local / MANIFEST_NAME).read_bytes()
         if Manifest.model_validate_json(body) != m:
             raise RuntimeError(f"{m.dir}: the local manifest.json is not the one to upload")
         fs, base = self._fs()
         target = f"{base}/{m.dir}"
-        remote_body = self._cat(f"{m.dir}/{MANIFEST_NAME}")
-        if remote_body == body:
-            return False
         if remote_body is not None:  # replaced: take the old promise down before the files change
             fs.rm_file(f"{target}/{MANIFEST_NAME}")
         for f in m.files:
@@ -132,9 +148,10 @@ class Remote:
                 try:
                     fs.get_file(f"{base}/{m.dir}/{f.path}", str(p))
                 except FileNotFoundError as exc:
-                    raise RemoteMiss(f"{m.dir}/{f.path}: missing on {self.url}") from exc
+                    raise RemoteMiss(f"{m.dir}/{f.path}: missing on {self.url}", True) from exc
                 if p.stat().st_size != f.bytes or file_sha256(p) != f.sha256:
-                    raise RemoteMiss(f"{m.dir}/{f.path}: content on {self.url} does not match")
+                    msg = f"{m.dir}/{f.path}: content on {self.url} does not match"
+                    raise RemoteMiss(msg, broken=True)
             (tmp / MANIFEST_NAME).write_bytes(body)
             install(tmp, final, m)
         finally:
@@ -157,48 +174,104 @@ class Remote:
         """The remote cache record's bytes, or None; nothing is restored."""
         return self._cat(f"_prefect/results/{cache_key}")
 
-    def fetch_record(self, root: Path, cache_key: str) -> bool:
-        """Restore a cache record and its artifacts from the remote; False if it has none."""
+    def holds(self, m: Manifest) -> bool:
+        """True if the remote has this very artifact: its manifest.json, equal to `m`.
+
+        No file is read: the upload order makes a manifest the promise that its files are
+        complete, and they are checked (size, sha256) when something fetches them.
+        """
+        body = self._cat(f"{m.dir}/{MANIFEST_NAME}")
+        return body is not None and Manifest.model_validate_json(body) == m
+
+    def localize(self, root: Path, ms: Iterable[Manifest]) -> list[Manifest]:
+        """Fetch those of `ms` that are not intact in the local root; returns what was fetched.
+
+        An artifact whose remote files fail their check loses its remote manifest here, so
+        the next run rebuilds it instead of trusting it again; the RemoteMiss is raised.
+        """
+        fetched = []
+        for m in ms:
+            if verify(root, m) is None:
+                continue
+            try:
+                self.fetch_artifact(root, m)
+            except RemoteMiss as miss:
+                if miss.broken:
+                    self._retract(m)
+                    raise RemoteMiss(
+                        f"{miss}; its manifest was taken down, so the next run rebuilds it",
+                        broken=True,
+                    ) from miss
+                raise
+            fetched.append(m)
+        return fetched
+
+    def _retract(self, m: Manifest) -> None:
+        fs, base = self._fs()
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(f"{base}/{m.dir}/{MANIFEST_NAME}")
+        log.warning("%s: remote files do not match their manifest; manifest removed", m.dir)
+
+    def _usable_record(self, root: Path, cache_key: str) -> set[str] | None:
+        """The dirs of the record's artifacts that only the remote holds; None if unusable.
+
+        A record (local, else the remote's, copied down) is usable when each artifact it
+        names is intact locally or held by the remote. Nothing else is downloaded.
+        """
         from prefect._internal.result_records import ResultRecord
 
-        body = self._cat(f"_prefect/results/{cache_key}")
+        local = layout.results_dir(root) / cache_key
+        body = local.read_bytes() if local.is_file() else self.record(cache_key)
         if body is None:
-            return False
+            return None
+        held = set()
         for m in manifests(ResultRecord.deserialize(body).result):
-            if verify(root, m) is not None:
-                self.fetch_artifact(root, m)
-        dest = layout.results_dir(root) / cache_key
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{cache_key}.{uuid.uuid4().hex[:8]}")
-        tmp.write_bytes(body)
-        tmp.replace(dest)
-        return True
+            if verify(root, m) is None:
+                continue
+            if not self.holds(m):
+                log.warning("%s: neither intact here nor on %s; the stage runs", m.dir, self.url)
+                return None
+            held.add(m.dir)
+        if not local.is_file():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_name(f".{cache_key}.{uuid.uuid4().hex[:8]}")
+            tmp.write_bytes(body)
+            tmp.replace(local)
+            log.info("cache record %s taken from %s", cache_key, self.url)
+        return held
 
-    def restore(self, root: Path, cache_key: str, inputs: dict[str, Any], refresh: bool) -> None:
-        """Before a cache lookup: inputs' artifacts made local, the task's record restored."""
-        for value in inputs.values():
-            for m in manifests(value):
-                local = layout.artifact_dir(root, m.stage, m.key) / MANIFEST_NAME
-                if not local.is_file():  # made on another machine (a Dask worker, say)
-                    self.fetch_artifact(root, m)
-        if refresh:
-            return
-        record = layout.results_dir(root) / cache_key
-        try:
-            if not record.is_file():
-                if self.fetch_record(root, cache_key):
-                    log.info("cache record %s restored from %s", cache_key, self.url)
-                return
-            from prefect._internal.result_records import ResultRecord
+    def restore(
+        self, root: Path, cache_key: str, inputs: dict[str, Any], refresh: bool
+    ) -> set[str]:
+        """Before a cache lookup; returns the artifacts to trust although only the remote has them.
 
-            for m in manifests(ResultRecord.deserialize(record.read_bytes()).result):
-                if verify(root, m) is not None:
-                    self.fetch_artifact(root, m)
-                    log.info("%s restored from %s", m.dir, self.url)
-        except RemoteMiss as miss:
-            log.warning("not restored from the remote (%s); the stage runs", miss)
-        except Exception as exc:  # an unreadable record: the stage runs, as without a remote
-            log.warning("cache record %s not restored: %s", cache_key, exc)
+        A task that will come back `Cached` fetches nothing (its record, a few hundred
+        bytes, at most): its artifacts stay on the remote until a stage that runs reads
+        them. A task that will run fetches its inputs first.
+        """
+        on_absent(root, self._fetch_one)  # this process's stages open remote-only inputs
+        if not refresh:
+            try:
+                held = self._usable_record(root, cache_key)
+            except Exception as exc:  # an unreadable record: the stage runs, as without a remote
+                log.warning("cache record %s not usable: %s", cache_key, exc)
+                held = None
+            if held is not None:
+                return held
+        # The task runs. Inputs absent here come down when it opens them (Manifest.path);
+        # a local copy that is no longer intact is replaced now.
+        present = [
+            m
+            for value in inputs.values()
+            for m in manifests(value)
+            if (layout.artifact_dir(root, m.stage, m.key) / MANIFEST_NAME).is_file()
+        ]
+        self.localize(root, present)
+        return set()
+
+    def _fetch_one(self, root: Path, m: Manifest) -> None:
+        if self.localize(root, [m]):
+            log.info("%s fetched from %s", m.dir, self.url)
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,14 @@
 
 The data flow (to dedup) runs with its data root mirrored to s3://; a second machine,
 played by an empty local working copy on the same bucket, gets every stage `Cached` with
-the same manifests; an upload cut short (files up, manifest.json not) is never trusted.
+the same manifests and downloads only what a stage that runs reads (or what the run
+reports); an upload cut short (files up, manifest.json not) is never trusted.
 """
 
 from __future__ import annotations
 
 import socket
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -90,6 +92,22 @@ def test_artifact_round_trip_and_a_cut_upload_is_not_trusted(s3, tmp_path):
     assert not any((tmp_path / "d" / "extract").iterdir())
 
 
+def test_a_broken_remote_artifact_is_taken_down(s3, tmp_path):
+    """A manifest whose file changed on the bucket is no longer a promise: localize drops it."""
+    remote = Remote(f"s3://{BUCKET}/broken")
+    m = _artifact(tmp_path / "a", "k", b"good bytes")
+    remote.push_artifact(tmp_path / "a", m)
+    assert remote.holds(m)
+    assert remote.localize(tmp_path / "b", [m]) == [m]
+    assert remote.localize(tmp_path / "b", [m]) == []  # intact here: nothing fetched again
+    s3.pipe_file(f"{BUCKET}/broken/extract/k/docs.parquet", b"bad bytes!")
+    with pytest.raises(RemoteMiss, match="taken down") as miss:
+        remote.localize(tmp_path / "c", [m])
+    assert miss.value.broken
+    assert not remote.holds(m)  # so the next run rebuilds it instead of trusting it
+    assert not layout.artifact_dir(tmp_path / "c", "extract", "k").exists()
+
+
 def test_a_file_url_mirror_makes_its_directories(tmp_path):
     remote = Remote(f"file://{tmp_path}/mirror")
     m = _artifact(tmp_path / "a", "k", b"local bytes")
@@ -162,7 +180,17 @@ def test_a_second_machine_gets_the_first_stages_cached(s3, prefect_server, warcs
     assert taken_prefix(tmp_path / "machine2", warcs[:2], remote=url) == 1
     second, _ = _run(tmp_path / "machine2", warcs[:1], url, "url_filter")
     assert second == {"download": "cached", "url_filter": "cached"}
-    assert _local_manifests(tmp_path / "machine2") == made
+    assert _local_manifests(tmp_path / "machine2") == {}  # cached: nothing was downloaded
+    assert {s.stage: s.summary for s in pipeline_status(fresh)} == {
+        "download": RESTORES,  # the record is here now, the artifact still only on the bucket
+        "url_filter": RESTORES,
+    }
+    # a stage that runs fetches the inputs it reads (the WARC and its URL verdicts), and
+    # only those: a second WARC's chain downloads nothing of the first WARC's
+    grown, _ = _run(tmp_path / "machine2", warcs[:1], url, "extract")
+    assert grown == {"download": "cached", "url_filter": "cached", "extract": "ran"}
+    here = _local_manifests(tmp_path / "machine2")
+    assert {k: v for k, v in here.items() if not k.startswith("extract/")} == made
 
     (url_filter,) = [p for p in made if p.startswith("url_filter/")]
     s3.rm_file(f"{BUCKET}/short/{url_filter}")  # an upload cut short before its manifest
@@ -180,7 +208,7 @@ def test_a_second_machine_gets_the_first_stages_cached(s3, prefect_server, warcs
     fourth, _ = _run(tmp_path / "machine3", warcs[:1], url, "url_filter")
     assert fourth == {"download": "cached", "url_filter": "cached"}
     assert s3.cat_file(f"{BUCKET}/short/{download}") == made[download]
-    assert len(s3.ls(f"{BUCKET}/short/_prefect/results")) == 2
+    assert len(s3.ls(f"{BUCKET}/short/_prefect/results")) == 3  # download, url_filter, extract
 
 
 @pytest.mark.slow
@@ -197,9 +225,32 @@ def test_a_second_machine_restores_the_corpus(s3, prefect_server, warcs, tmp_pat
     second, again = _run(tmp_path / "machine2", warcs[:2], url)  # an empty working copy
     assert second == {s: "cached" for s in DATA_STAGES}
     assert again == corpus
-    assert _local_manifests(tmp_path / "machine2") == made
+    # all cached: only what the run reports (the corpus) came down
+    assert _local_manifests(tmp_path / "machine2") == {
+        f"{corpus.dir}/{MANIFEST_NAME}": made[f"{corpus.dir}/{MANIFEST_NAME}"]
+    }
     corpus_db = again.path(tmp_path / "machine2", "corpus.duckdb")
     assert corpus_db.stat().st_size == corpus.files[0].bytes
+
+    # the corpus grows by a WARC on that machine: dedup runs and reads the old WARCs'
+    # filtered documents and signatures (and the funnel's counts), never their WARC files
+    grown_stages, grown = _run(tmp_path / "machine2", warcs[:3], url)
+    assert grown_stages == {
+        **{s: "ran 1/3" for s in DATA_STAGES if s != "dedup"},
+        "dedup": "ran",
+    }
+    assert grown.counts != corpus.counts
+    here = Counter(p.split("/")[0] for p in _local_manifests(tmp_path / "machine2"))
+    # the new WARC's own chain, the old WARCs' documents and signatures; their WARC files,
+    # URL verdicts and extracted pages (the funnel needs only the counts) stayed on the bucket
+    assert here == {
+        "download": 1,
+        "url_filter": 1,
+        "extract": 1,
+        "filter": 3,
+        "minhash": 3,
+        "dedup": 2,
+    }
 
     # dedup's upload cut short before its manifest (so before its record too), and one
     # WARC's minhash manifest gone under a record: neither is trusted, both run again
