@@ -36,7 +36,10 @@ STAGES: tuple[str, ...] = get_args(StageName)
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # validate_default: a default has its field's type (a float field's `3` becomes 3.0), so
+    # a config read back from JSON (a --config file, the Prefect UI's form, a deployment)
+    # fingerprints, and so caches, exactly as the one built in Python
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
 
 def _sample_warcs() -> list[str]:
@@ -104,9 +107,9 @@ class UrlFilterConfig(_Config):
     soft_banned_words_file: Path | None = None
     banned_subwords_file: Path | None = None
 
-    @field_validator("blocklist", mode="before")
+    @field_validator("blocklist")  # after: JSON input reaches it as str (model_validate_json)
     @classmethod
-    def _path_unless_url(cls, v: object) -> object:
+    def _path_unless_url(cls, v: Path | str) -> Path | str:
         # Local paths become Path so cache keys see the file's bytes; URLs stay strings.
         if isinstance(v, str) and not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", v):
             return Path(v)

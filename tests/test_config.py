@@ -54,3 +54,22 @@ def test_every_prefect_yaml_preset_is_a_valid_config():
     assert load_config(None, [], [], None, "gpu-124m").train.model.n_layer == 12
     with pytest.raises(SystemExit, match="no preset"):
         preset("nonexistent")
+
+
+@pytest.mark.parametrize("name", ["sample", "common-crawl", "gpu-124m"])
+def test_a_config_read_back_from_json_caches_as_the_original(name):
+    """The Prefect UI, a deployment and --config hand the flow JSON: same stage keys."""
+    import json
+
+    from storage.fingerprint import fingerprint
+
+    cfg = load_config(None, [], [], None, name)
+    for back in (
+        PipelineConfig.model_validate(json.loads(cfg.model_dump_json())),
+        PipelineConfig.model_validate_json(cfg.model_dump_json()),
+    ):
+        for stage in PipelineConfig.model_fields:
+            ours, theirs = getattr(cfg, stage), getattr(back, stage)
+            assert fingerprint(ours) == fingerprint(theirs), stage
+    # defaults have their field's type: an int default of a float field would hash apart
+    assert isinstance(PipelineConfig().filter.gopher_quality.min_avg_word_length, float)
