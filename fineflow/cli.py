@@ -3,6 +3,8 @@
     fineflow run [--preset NAME] [--config FILE] [--set train.steps=100 ...] [--stop-after STAGE]
     fineflow rerun STAGE [...]     same, with STAGE's cache refreshed
     fineflow status [...]          per stage: cached, stale or will run; runs nothing
+    fineflow sample [PROMPT ...] [...]   continue prompts with the model the config trained
+    fineflow export OUT_DIR [...]  that model as a Hugging Face transformers directory
 
 The config file is JSON or YAML shaped like PipelineConfig; `--set` overrides one
 field by its dotted name. A bad value fails before anything runs, naming the field.
@@ -152,13 +154,48 @@ def print_summary(result, cfg: PipelineConfig, seconds: float) -> None:
         print(f"  {'filtered docs per WARC':<24} {root / 'filter'}/*/docs.parquet")
 
 
+def use_model(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+    """`sample` and `export`: the config's trained model (or --model), used; nothing runs."""
+    from fineflow.sample import NoModel, check_model_dir, describe_model, trained_model_dir
+
+    try:
+        model_dir = check_model_dir(args.model) if args.model else trained_model_dir(cfg)
+    except NoModel as err:
+        print(f"fineflow {args.command}: {err}", file=sys.stderr)
+        return 2
+    if args.command == "export":
+        from fineflow.export import export
+
+        print(f"wrote {export(model_dir, args.out_dir)} from {model_dir}")
+        return 0
+    from fineflow.sample import sample
+
+    ecfg = (
+        cfg.evaluate.model_copy(update={"prompts": args.prompts}) if args.prompts else cfg.evaluate
+    )
+    print(describe_model(model_dir))
+    print(
+        f"{ecfg.max_new_tokens} new tokens, temperature {ecfg.temperature}, top-k {ecfg.top_k}, "
+        f"top-p {ecfg.top_p}, seed {ecfg.seed}"
+    )
+    for prompt, text in zip(ecfg.prompts, sample(model_dir, ecfg), strict=True):
+        print(f"\n>>> {prompt}\n{text}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fineflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "rerun", "status"):
+    for name in ("run", "rerun", "status", "sample", "export"):
         p = sub.add_parser(name)
         if name == "rerun":
             p.add_argument("stage", choices=STAGES, help="stage whose cache is refreshed")
+        if name == "sample":
+            p.add_argument("prompts", nargs="*", help="default: the config's evaluate.prompts")
+        if name == "export":
+            p.add_argument("out_dir", type=Path, help="directory to write the model into")
+        if name in ("sample", "export"):
+            p.add_argument("--model", type=Path, help="a train artifact dir (data/train/<key>)")
         p.add_argument("--preset", help="a deployment name in prefect.yaml, e.g. gpu-124m")
         p.add_argument("--config", help="JSON or YAML file shaped like PipelineConfig")
         p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
@@ -179,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(describe(cfg))
         return 0
+    if args.command in ("sample", "export"):
+        return use_model(args, cfg)
     from flows.pipeline import pipeline  # imports Prefect: after the config is known good
 
     start = time.monotonic()

@@ -34,6 +34,7 @@ class StageStatus:
     stage: str
     states: tuple[str, ...]  # one per task run (per WARC for per-WARC stages)
     detail: str = ""
+    output: Any = None  # a corpus stage's manifest, when its cache holds one
 
     @property
     def summary(self) -> str:
@@ -132,7 +133,7 @@ def pipeline_status(cfg: PipelineConfig) -> list[StageStatus]:
         state, corpus = lookup(
             dedup_docs, cfg, "dedup", col["filter"], col["minhash"], cfg.dedup, funnel, sources
         )
-        out.append(StageStatus("dedup", (state,), corpus.dir if corpus else ""))
+        out.append(StageStatus("dedup", (state,), corpus.dir if corpus else "", corpus))
 
     m: dict[str, Any] = {"corpus": corpus}
     corpus_stages = (
@@ -151,7 +152,7 @@ def pipeline_status(cfg: PipelineConfig) -> list[StageStatus]:
             out.append(StageStatus(stage, (UNKNOWN,), "an upstream stage will run first"))
             continue
         state, m[stage] = lookup(task, cfg, stage, *args())
-        out.append(StageStatus(stage, (state,), m[stage].dir if m[stage] else ""))
+        out.append(StageStatus(stage, (state,), m[stage].dir if m[stage] else "", m[stage]))
     if cfg.stop_after:
         from fineflow.config import STAGES
 

@@ -1,0 +1,81 @@
+"""`fineflow sample` and `fineflow export`: use the model that a configuration trained.
+
+    fineflow sample "The database" "SELECT" [--set evaluate.temperature=0.7 ...]
+    fineflow export out/my-model [--preset gpu-124m ...]
+
+The model is the train stage's artifact for the configuration, found as `fineflow status`
+finds it (the cache keys of that configuration; nothing runs, nothing is trained), or a
+train artifact directory given with `--model` (data/train/<key>: model.pt, config.json,
+tokenizer.json). Sampling takes its settings from the configuration's `evaluate` section
+(max_new_tokens, temperature, top_k, top_p, seed), so `--set evaluate.max_new_tokens=200`
+works here as in a run; the prompts given on the command line replace evaluate.prompts.
+It samples exactly as the evaluate stage does (tasks/evaluate.py: `<|endoftext|>` first,
+KV cache, cut at the next `<|endoftext|>`), so the config's own prompts and seed give the
+report's samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fineflow.config import EvaluateConfig, PipelineConfig
+
+TRAIN_FILES = ("model.pt", "config.json", "tokenizer.json")
+
+
+class NoModel(LookupError):
+    """No trained model where one was asked for; the message says what to do."""
+
+
+def trained_model_dir(cfg: PipelineConfig) -> Path:
+    """The local directory of the train artifact `cfg` made (downloaded if only remote)."""
+    from fineflow.status import CACHED, RESTORES, pipeline_status
+    from storage.remote import Remote
+
+    lookup = cfg.model_copy(update={"stop_after": "train", "force": []})
+    train = {s.stage: s for s in pipeline_status(lookup)}.get("train")
+    if train is None or train.output is None or train.summary not in (CACHED, RESTORES):
+        state = train.summary if train is not None else "not reached"
+        raise NoModel(
+            f"no trained model for this configuration in {cfg.data_root} (train: {state}); "
+            "run `fineflow run` with the same options first, or give --model data/train/<key>"
+        )
+    if cfg.remote_root is not None:
+        Remote(cfg.remote_root).localize(cfg.data_root, [train.output])
+    return train.output.path(cfg.data_root, "model.pt").parent
+
+
+def check_model_dir(path: Path) -> Path:
+    """`path` if it holds a train artifact's files, else NoModel naming what is missing."""
+    missing = [name for name in TRAIN_FILES if not (Path(path) / name).is_file()]
+    if missing:
+        raise NoModel(f"{path} is not a train artifact directory: no {', '.join(missing)}")
+    return Path(path)
+
+
+def sample(model_dir: Path, cfg: EvaluateConfig, device: str = "auto") -> list[str]:
+    """Each of cfg.prompts continued by the model in `model_dir`, as the evaluate stage does."""
+    from fineflow.export import load_trained
+    from fineflow.training.runtime import pick_device
+    from tasks.evaluate import sample_texts
+    from tasks.tokenizer import EOT, TOKENIZER_JSON, load_tokenizer
+
+    model_dir = check_model_dir(model_dir)
+    dev = pick_device(device)
+    model = load_trained(model_dir).to(dev)
+    tok = load_tokenizer(model_dir / TOKENIZER_JSON)
+    eot_id = tok.token_to_id(EOT)
+    if eot_id is None:
+        raise NoModel(f"{model_dir / TOKENIZER_JSON} has no {EOT} token")
+    return sample_texts(model, tok, eot_id, cfg, dev)
+
+
+def describe_model(model_dir: Path) -> str:
+    """One line: where the model is, its size and how long it trained."""
+    import json
+
+    spec = json.loads((model_dir / "config.json").read_text())
+    m, t = spec["model"], spec.get("train", {})
+    shape = f"{m['n_layer']} layers x {m['n_embd']} wide, context {m['block_size']}"
+    steps = f", {t['steps']} steps" if "steps" in t else ""
+    return f"model {model_dir} ({shape}, vocab {m['vocab_size']}{steps})"
