@@ -47,7 +47,7 @@ from storage.artifacts import ArtifactWriter, Manifest, stage_key
 from tasks.sandbox import Sandbox
 from tasks.warc import WarcRecord, read_records_at
 
-STAGE_VERSION = 3  # 3: table text kept (include_tables)
+STAGE_VERSION = 4  # 3: table text kept; 4: records after a bad one in a gzip member read
 
 log = logging.getLogger("fineflow.extract")
 

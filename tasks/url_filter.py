@@ -59,7 +59,7 @@ from fineflow.config import DownloadConfig, UrlFilterConfig
 from storage.artifacts import ArtifactWriter, Manifest, load_manifest, stage_key, verify
 from tasks.warc import WarcRecord, iter_records
 
-STAGE_VERSION = 2
+STAGE_VERSION = 3  # 3: a bad record inside a gzip member no longer costs the records after it
 
 log = logging.getLogger("fineflow.url_filter")
 

@@ -19,8 +19,12 @@ HTTP headers and undoes chunked / gzip transfer encodings. Payloads are read onl
 when asked for and at most `max_payload_bytes` (default 8 MiB) of them; a bigger
 payload is counted `too_large` and not materialised.
 
+A record warcio cannot read, or whose WARC Content-Length is missing or not a
+number, is counted `corrupt_record` and reading resumes at the next "WARC/1." line of
+the same member (a whole-file gzip stream is one member holding every record).
+
 Counts a reader adds to the `counts` Counter it is given: corrupt_member,
-truncated, corrupt_record (a member that inflates but is not a WARC record),
+truncated, corrupt_record (a record in an intact member that is not readable),
 too_large, payload_error (a payload whose transfer encoding is broken).
 """
 
@@ -376,15 +380,44 @@ def _parse_unit(
     counts: Counter[str],
     path: Path,
 ) -> list[WarcRecord]:
-    data.seek(0)
+    """The records of one member. A record warcio cannot read (or whose Content-Length
+    is missing or not a number) is counted `corrupt_record`, and reading resumes at the
+    next line starting "WARC/1." inside the member: a whole-file gzip stream is one
+    member, and one bad record in it must not cost the records after it."""
     records: list[WarcRecord] = []
-    try:
-        for rec in ArchiveIterator(data):
-            records.append(_to_record(offset, rec, payload, max_payload_bytes, counts))
-    except Exception as exc:  # warcio raises several types for a malformed record
-        counts["corrupt_record"] += 1
-        log.warning("%s: unreadable WARC record at offset %d: %s", path, offset, exc)
-    return records
+    start, damaged = 0, False
+    while True:
+        data.seek(start)
+        it = ArchiveIterator(data)
+        try:
+            for rec in it:
+                _check_length(rec)
+                records.append(_to_record(offset, rec, payload, max_payload_bytes, counts))
+                damaged = False
+            return records
+        except Exception as exc:  # warcio raises several types for a malformed record
+            if not damaged:  # a damaged stretch counts once, however many resyncs it takes
+                counts["corrupt_record"] += 1
+                log.warning("%s: unreadable WARC record at offset %d: %s", path, offset, exc)
+            damaged = True
+            # it.offset: where the failing record starts (warcio advances it per record)
+            nxt = _find_plain_record(data, max(it.offset, start) + 1)
+            if nxt is None:
+                return records
+            start = nxt
+
+
+class _BadLength(ValueError):
+    pass
+
+
+def _check_length(rec: Any) -> None:
+    """warcio reads a missing or non-numeric Content-Length as 0 and then takes the
+    record's block for the next record; refuse the record instead."""
+    if rec.format == "warc":
+        value = rec.rec_headers.get_header("Content-Length")
+        if value is None or not value.strip().isdigit():
+            raise _BadLength(f"WARC Content-Length {value!r} is not a byte count")
 
 
 def _to_record(

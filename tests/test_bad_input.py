@@ -4,17 +4,26 @@ with a counted reason (or rejected naming the file), and no other document is lo
 from __future__ import annotations
 
 import gzip
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from warc_factory import Capture, article, build_warc, png_bytes
+from warc_factory import (
+    Capture,
+    article,
+    build_warc,
+    png_bytes,
+    record_id,
+    response_record,
+    warcinfo_record,
+)
 
 from fineflow.config import ExtractConfig, FilterConfig, UrlFilterConfig
 from tasks.extract import extract_docs
 from tasks.filter_docs import filter_docs
 from tasks.url_filter import filter_warc
-from tasks.warc import WarcFormatError
+from tasks.warc import WarcFormatError, iter_records
 
 GOOD = [Capture(f"https://good{i}.example/page", article(i).encode()) for i in range(4)]
 GOOD_URLS = [c.url for c in GOOD]
@@ -97,4 +106,35 @@ def test_binary_payload_labelled_html_is_dropped_as_undecodable(tmp_path: Path) 
     build_warc(path, GOOD[:2] + [Capture("https://img.example/x", blob)] + GOOD[2:])
     counts, urls = run(tmp_path, path)
     assert counts["dropped_undecodable"] == 1
+    assert urls == GOOD_URLS
+
+
+def _bad_length_record(url: str, length: bytes) -> bytes:
+    """A response record whose WARC Content-Length is `length`, as a broken writer makes it."""
+    http = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n" + article(1).encode()
+    head = (
+        b"WARC/1.0\r\nWARC-Type: response\r\n"
+        + f"WARC-Record-ID: <urn:uuid:{record_id(url)}>\r\nWARC-Target-URI: {url}\r\n".encode()
+        + b"Content-Type: application/http; msgtype=response\r\nContent-Length: "
+        + length
+        + b"\r\n\r\n"
+    )
+    return head + http + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("length", [b"abc", b"-5", b"12x"])
+def test_bad_record_in_a_whole_file_gzip_costs_only_itself(tmp_path: Path, length: bytes) -> None:
+    """`gzip file.warc` is one member: a bad record in it must not take the records after it."""
+    bad = _bad_length_record("https://bad.example/", length)
+    units = [warcinfo_record("s.warc.gz"), *(response_record(c) for c in GOOD[:2]), bad]
+    units += [response_record(c) for c in GOOD[2:]]
+    single, members = tmp_path / "s.warc.gz", tmp_path / "m.warc.gz"
+    single.write_bytes(gzip.compress(b"".join(units), mtime=0))
+    members.write_bytes(b"".join(gzip.compress(u, mtime=0) for u in units))
+    for path in (single, members):
+        counts: Counter[str] = Counter()
+        urls = [r.target_uri for r in iter_records(path, counts=counts)]
+        assert urls == [None, *GOOD_URLS], path.name  # the warcinfo record, then the pages
+        assert counts == {"corrupt_record": 1}  # counted once, not also as a page without HTTP
+    counts, urls = run(tmp_path, single)
     assert urls == GOOD_URLS
