@@ -3,6 +3,10 @@
 FineWeb's URL filter, decided from the record headers alone (no payload is read), first
 match wins:
 
+-1. "no_record_id" / "duplicate_record_id": the record has no WARC-Record-ID, or one an
+   earlier response of the same WARC had. The id names the document in every later
+   stage and dedup refuses a corpus whose ids repeat, so one such record would
+   otherwise fail the whole run.
 0. "bad_url": no target URI, or no host in it.
 1. "blocklist_domain": the host or any parent domain of it (a.b.example.com ->
    b.example.com -> example.com -> com) is in the UT1 domain list. FineWeb checks the
@@ -59,7 +63,7 @@ from fineflow.config import DownloadConfig, UrlFilterConfig
 from storage.artifacts import ArtifactWriter, Manifest, load_manifest, stage_key, verify
 from tasks.warc import WarcRecord, iter_records
 
-STAGE_VERSION = 3  # 3: a bad record inside a gzip member no longer costs the records after it
+STAGE_VERSION = 4  # 3: records after a bad one in a gzip member read; 4: record ids checked
 
 log = logging.getLogger("fineflow.url_filter")
 
@@ -374,11 +378,17 @@ def filter_records(
 ) -> None:
     """Write one records.parquet row per response in `records`; tally `counts`."""
     rows: dict[str, list] = {name: [] for name in RECORDS_SCHEMA.names}
+    seen: set[str] = set()
     with pq.ParquetWriter(out, RECORDS_SCHEMA) as writer:
         for rec in records:
             if rec.warc_type != "response":
                 continue
             host, reason = classify(rec, flt)
+            if not rec.record_id:
+                reason = "no_record_id"
+            elif rec.record_id in seen:
+                reason = "duplicate_record_id"
+            seen.add(rec.record_id)
             counts["total"] += 1
             counts["kept" if reason is None else f"dropped_{reason}"] += 1
             for name, value in (

@@ -4,6 +4,7 @@ with a counted reason (or rejected naming the file), and no other document is lo
 from __future__ import annotations
 
 import gzip
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -19,9 +20,11 @@ from warc_factory import (
     warcinfo_record,
 )
 
-from fineflow.config import ExtractConfig, FilterConfig, UrlFilterConfig
+from fineflow.config import ExtractConfig, FilterConfig, MinHashConfig, UrlFilterConfig
+from tasks.dedup import dedup_corpus
 from tasks.extract import extract_docs
 from tasks.filter_docs import filter_docs
+from tasks.minhash import signatures_to_parquet
 from tasks.url_filter import filter_warc
 from tasks.warc import WarcFormatError, iter_records
 
@@ -138,3 +141,33 @@ def test_bad_record_in_a_whole_file_gzip_costs_only_itself(tmp_path: Path, lengt
         assert counts == {"corrupt_record": 1}  # counted once, not also as a page without HTTP
     counts, urls = run(tmp_path, single)
     assert urls == GOOD_URLS
+
+
+def test_missing_or_repeated_record_ids_cost_only_their_records(tmp_path: Path) -> None:
+    """Ids name documents down to dedup, which refuses repeats: two records without a
+    WARC-Record-ID (or one reusing an id) must not fail the whole corpus."""
+    extra = [Capture(f"https://noid{i}.example/", article(i).encode()) for i in range(2)]
+    extra.append(Capture("https://copy.example/", article(3).encode()))
+    units = [warcinfo_record("ids.warc.gz"), *(response_record(c) for c in GOOD + extra)]
+    for i in (-3, -2):  # drop the id header of the two noid records
+        units[i] = re.sub(rb"WARC-Record-ID: [^\r]*\r\n", b"", units[i])
+    units[-1] = units[-1].replace(record_id(extra[2].url).encode(), record_id(GOOD[0].url).encode())
+    path = tmp_path / "ids.warc.gz"
+    path.write_bytes(b"".join(gzip.compress(u, mtime=0) for u in units))
+
+    counts = filter_warc(
+        path, tmp_path / "records.parquet", UrlFilterConfig(blocklist=_empty(tmp_path))
+    )
+    assert counts["dropped_no_record_id"] == 2 and counts["dropped_duplicate_record_id"] == 1
+    _, urls = run(tmp_path, path)
+    assert urls == GOOD_URLS
+    sigs = tmp_path / "sigs.parquet"
+    signatures_to_parquet(tmp_path / "kept.parquet", sigs, MinHashConfig())
+    stats = dedup_corpus([("ids.warc.gz", tmp_path / "kept.parquet", sigs)], tmp_path / "c.duckdb")
+    assert stats["kept"] == 4
+
+
+def _empty(tmp_path: Path) -> Path:
+    blocklist = tmp_path / "domains"
+    blocklist.write_text("")
+    return blocklist
