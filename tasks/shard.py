@@ -6,7 +6,9 @@ else HF's multi-threaded `encode_batch`), each preceded by `<|endoftext|>` (a li
 "<|endoftext|>" inside a text stays text), and streamed into shards of exactly
 `shard_tokens` tokens (the last of each split is shorter; documents may span two shards).
 A document goes to val iff blake2b(id) / 2^64 < val_fraction (default 0.05), so the split
-depends on nothing but the id; with two or more documents each split gets at least one.
+depends on nothing but the id; with two or more documents each split gets at least one,
+and a corpus of one document is refused (a split without data would only fail at
+evaluation, after training).
 
 Shard layout (llm.c): header of 256 little-endian int32 = [20240520, version, n_tokens,
 0, ...], then n_tokens tokens: version 1 = uint16 (vocab <= 65536), version 2 = uint32.
@@ -38,7 +40,7 @@ from tasks.tokenizer import (
     tiktoken_encoder,
 )
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: a corpus with an empty train or val split is refused
 MAGIC = 20240520
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
@@ -225,6 +227,13 @@ def shard_corpus(
                 n_bytes += sum(len(t.encode()) for t in texts)
     train.close()
     val.close()
+    if not (train.docs and val.docs):  # Split.plan fills both from two documents up
+        raise ValueError(
+            f"{db_path}: {train.docs + val.docs} kept document(s), {train.docs} for train and "
+            f"{val.docs} for val: training and evaluation need at least one each, so the "
+            "corpus needs at least 2 kept documents (the rest were filtered out or duplicates:"
+            " see the funnel table of corpus.duckdb)"
+        )
     dt = time.perf_counter() - t0
     log.info(
         "shard: %d train + %d val tokens from %.1f MB of text in %.1fs (%.2f MB/s, %s)",

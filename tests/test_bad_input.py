@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from e2e import corpus_manifest
 from warc_factory import (
     Capture,
     article,
@@ -20,11 +21,13 @@ from warc_factory import (
     warcinfo_record,
 )
 
-from fineflow.config import ExtractConfig, FilterConfig, MinHashConfig, UrlFilterConfig
-from tasks.dedup import dedup_corpus
+from fineflow.config import ExtractConfig, FilterConfig, MinHashConfig, ShardConfig, UrlFilterConfig
+from tasks.dedup import CORPUS_DB, dedup_corpus
 from tasks.extract import extract_docs
 from tasks.filter_docs import filter_docs
 from tasks.minhash import signatures_to_parquet
+from tasks.shard import shard_corpus
+from tasks.tokenizer import train_bpe
 from tasks.url_filter import filter_warc
 from tasks.warc import WarcFormatError, iter_records
 
@@ -171,3 +174,14 @@ def _empty(tmp_path: Path) -> Path:
     blocklist = tmp_path / "domains"
     blocklist.write_text("")
     return blocklist
+
+
+def test_a_corpus_of_one_document_is_refused_at_shard(tmp_path: Path) -> None:
+    """Every page but one filtered out or a duplicate: shard says so, rather than writing
+    a train split only, for training to run and evaluation to fail on an empty val split."""
+    corpus = corpus_manifest(tmp_path, [("only", article(0), True), ("dup", article(0), False)])
+    db = corpus.path(tmp_path, CORPUS_DB)
+    tok = tmp_path / "tokenizer.json"
+    train_bpe([article(0)], 300).save(str(tok))
+    with pytest.raises(ValueError, match=r"1 kept document\(s\).*at least 2"):
+        shard_corpus(db, tok, lambda name: tmp_path / name, ShardConfig())
