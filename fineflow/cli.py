@@ -164,9 +164,10 @@ def use_model(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         print(f"fineflow {args.command}: {err}", file=sys.stderr)
         return 2
     if args.command == "export":
-        from fineflow.export import export
+        from fineflow.export import describe_export, export
 
-        print(f"wrote {export(model_dir, args.out_dir)} from {model_dir}")
+        out = export(model_dir, args.out_dir)
+        print(f"wrote {out} ({describe_export(out)}) from {model_dir}")
         return 0
     from fineflow.sample import sample
 

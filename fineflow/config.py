@@ -262,6 +262,12 @@ class ModelConfig(_Config):
     vocab_multiple: int = Field(
         default=64, ge=1, description="embedding and head rows padded to a multiple of this"
     )
+    qk_norm: bool = Field(default=True, description="RMSNorm on each head's q and k")
+    mlp: Literal["relu2", "swiglu"] = Field(
+        default="relu2",
+        description="relu2: proj(relu(fc x)^2), 4x wide; swiglu: down(silu(gate x) * up x),"
+        " 8/3x wide rounded up to a multiple of 64 (about the same parameters)",
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:

@@ -1,17 +1,17 @@
-"""A trained fineflow GPT as a Hugging Face `transformers` model directory (Qwen3 layout).
+"""A trained fineflow GPT as a Hugging Face `transformers` model directory (Qwen3 or Llama).
 
-    python -m fineflow.export data/train/<key> out/my-model
+    fineflow export out/my-model            (or: python -m fineflow.export data/train/<key> out)
     # then: AutoModelForCausalLM.from_pretrained("out/my-model"),
     #       AutoTokenizer.from_pretrained("out/my-model")
 
-Why Qwen3 and not Llama: fineflow's attention RMS-normalises q and k per head before
-the rotation (QK-norm), which Llama has no weights for; Qwen3 does exactly that, with
-the same rotate_half rotary convention, RMSNorm (eps 1e-6), no biases and an untied
-head. The one difference is the MLP: fineflow's is c_proj(relu(c_fc x)^2), Qwen3's is
-down(act(gate x) * up x). With act = relu and gate = up = c_fc the two are the same
-function (relu(g) * g = relu(g)^2 for every g), so the export writes c_fc twice: the
-exported model computes the same logits, at 1.5x the MLP weights. A model trained
-without QK-norm has no exact Qwen3 twin and is refused.
+With QK-norm (the default) the twin is Qwen3: it RMS-normalises q and k per head before
+the rotation as fineflow does, which Llama has no weights for. Without QK-norm it is
+Llama. Both share fineflow's rotate_half rotary convention, RMSNorm (eps 1e-6), no
+biases and an untied head. Their MLP is down(act(gate x) * up x): fineflow's SwiGLU is
+exactly that (act = silu; c_fc holds gate then up). Its squared-ReLU MLP,
+c_proj(relu(c_fc x)^2), becomes act = relu with gate = up = c_fc, the same function
+(relu(g) * g = relu(g)^2 for every g), so the export writes c_fc twice: the exported
+model computes the same logits, at 1.5x the MLP weights.
 
 The embedding and head rows beyond the tokenizer's vocabulary (vocab padding) are
 dropped, so the exported vocab_size is the tokenizer's and nothing can sample them.
@@ -34,33 +34,40 @@ from typing import Any
 
 import torch
 
-from fineflow.model import GPT, RMS_EPS, ROPE_BASE
+from fineflow.model import GPT, RMS_EPS, ROPE_BASE, mlp_hidden
 
 TOKENIZER_JSON = "tokenizer.json"
 EOT = "<|endoftext|>"
 
 
+def hf_architecture(model: GPT) -> str:
+    """Qwen3ForCausalLM with QK-norm, LlamaForCausalLM without."""
+    return "Qwen3ForCausalLM" if model.config.qk_norm else "LlamaForCausalLM"
+
+
 def hf_config(model: GPT, eot_id: int | None) -> dict[str, Any]:
-    """config.json of the Qwen3 twin of `model`."""
+    """config.json of the Qwen3 (or Llama) twin of `model`."""
     cfg = model.config
+    qwen = cfg.qk_norm
     return {
-        "architectures": ["Qwen3ForCausalLM"],
-        "model_type": "qwen3",
+        "architectures": [hf_architecture(model)],
+        "model_type": "qwen3" if qwen else "llama",
         "vocab_size": model.vocab_size,
         "hidden_size": cfg.n_embd,
-        "intermediate_size": 4 * cfg.n_embd,
+        "intermediate_size": mlp_hidden(cfg),
         "num_hidden_layers": cfg.n_layer,
         "num_attention_heads": cfg.n_head,
         "num_key_value_heads": cfg.n_head,
         "head_dim": cfg.n_embd // cfg.n_head,
-        "hidden_act": "relu",  # with gate = up: relu(x) * x = relu(x)^2 (module docstring)
+        # relu2: with gate = up, relu(x) * x = relu(x)^2 (module docstring)
+        "hidden_act": "silu" if cfg.mlp == "swiglu" else "relu",
         "max_position_embeddings": cfg.block_size,
         "rms_norm_eps": RMS_EPS,
         "rope_theta": ROPE_BASE,  # transformers < 5
         "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_BASE},
         "attention_bias": False,
         "attention_dropout": 0.0,
-        "use_sliding_window": False,
+        **({"use_sliding_window": False} if qwen else {"mlp_bias": False}),
         "tie_word_embeddings": False,
         "bos_token_id": eot_id,
         "eos_token_id": eot_id,
@@ -70,9 +77,7 @@ def hf_config(model: GPT, eot_id: int | None) -> dict[str, Any]:
 
 
 def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    """fineflow weights under Qwen3's names (module docstring), float32, contiguous."""
-    if not model.qk_norm:
-        raise ValueError("a model without QK-norm has no exact Qwen3 equivalent: not exported")
+    """fineflow weights under Qwen3's / Llama's names (module docstring), float32, contiguous."""
     V, C = model.vocab_size, model.config.n_embd
     out = {
         "model.embed_tokens.weight": model.wte.weight[:V],
@@ -82,19 +87,22 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     for i, block in enumerate(model.blocks):
         p = f"model.layers.{i}."
         q, k, v = block.attn.c_attn.weight.split(C, dim=0)
+        fc = block.mlp.c_fc.weight
+        gate, up = fc.chunk(2, dim=0) if model.config.mlp == "swiglu" else (fc, fc)
         out |= {
             p + "input_layernorm.weight": block.norm_1.weight,
             p + "self_attn.q_proj.weight": q,
             p + "self_attn.k_proj.weight": k,
             p + "self_attn.v_proj.weight": v,
             p + "self_attn.o_proj.weight": block.attn.c_proj.weight,
-            p + "self_attn.q_norm.weight": block.attn.q_norm.weight,
-            p + "self_attn.k_norm.weight": block.attn.k_norm.weight,
             p + "post_attention_layernorm.weight": block.norm_2.weight,
-            p + "mlp.gate_proj.weight": block.mlp.c_fc.weight,
-            p + "mlp.up_proj.weight": block.mlp.c_fc.weight,
+            p + "mlp.gate_proj.weight": gate,
+            p + "mlp.up_proj.weight": up,
             p + "mlp.down_proj.weight": block.mlp.c_proj.weight,
         }
+        if model.config.qk_norm:
+            out[p + "self_attn.q_norm.weight"] = block.attn.q_norm.weight
+            out[p + "self_attn.k_norm.weight"] = block.attn.k_norm.weight
     return {k: t.detach().float().cpu().contiguous() for k, t in out.items()}
 
 
@@ -156,6 +164,12 @@ def export(train_dir: Path, out_dir: Path, tokenizer_json: Path | None = None) -
     return out_dir
 
 
+def describe_export(out_dir: Path) -> str:
+    """'Qwen3ForCausalLM, float32': what an exported directory holds."""
+    config = json.loads((Path(out_dir) / "config.json").read_text())
+    return f"{config['architectures'][0]}, {config['torch_dtype']}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fineflow.export", description="train artifact -> transformers directory"
@@ -165,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the artifact's)")
     args = parser.parse_args(argv)
     out = export(args.train_dir, args.out_dir, args.tokenizer)
-    print(f"wrote {out} (Qwen3ForCausalLM, float32)")
+    print(f"wrote {out} ({describe_export(out)})")
     return 0
 
 

@@ -2,8 +2,9 @@
 
 nanoGPT's shape with the changes small modern models settled on: rotary position
 embeddings instead of a learned position table, RMSNorm (pre-norm, and on queries and
-keys), no biases, a squared-ReLU MLP (4x wide), and scaled residual init. The model
-knows nothing about tokenizers or files: it sees token id tensors only.
+keys unless `qk_norm` is off), no biases, a squared-ReLU MLP (4x wide; or SwiGLU,
+`mlp: swiglu`), and scaled residual init. The model knows nothing about tokenizers or
+files: it sees token id tensors only.
 
 Config is `fineflow.config.ModelConfig` plus `vocab_size` (which comes from the data).
 The embedding and the head have `padded_vocab` rows, vocab_size rounded up to a multiple
@@ -37,7 +38,6 @@ import torch.nn.functional as F
 
 from fineflow.config import ModelConfig
 
-QK_NORM = True  # RMSNorm on q and k: keeps attention logits bounded at high learning rates
 ROPE_BASE = 10_000.0  # rotary frequency base (RoFormer, LLaMA)
 RMS_EPS = 1e-6  # RMSNorm epsilon (LLaMA, Qwen3)
 INIT_STD = 0.02  # GPT-2's init for every matrix; residual outputs scaled further below
@@ -94,14 +94,15 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, qk_norm: bool) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.layer, self.n_head = layer, cfg.n_head
         head_dim = cfg.n_embd // cfg.n_head
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)  # q, k, v at once
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
-        self.q_norm = RMSNorm(head_dim) if qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(head_dim) if qk_norm else nn.Identity()
+        # RMSNorm on q and k keeps attention logits bounded at high learning rates
+        self.q_norm = RMSNorm(head_dim) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(head_dim) if cfg.qk_norm else nn.Identity()
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None
@@ -123,21 +124,37 @@ class CausalSelfAttention(nn.Module):
         return self.c_proj(y)
 
 
+def mlp_hidden(cfg: ModelConfig) -> int:
+    """The MLP's hidden width: 4 x n_embd, or for SwiGLU 8/3 x n_embd rounded up to 64.
+
+    SwiGLU has three matrices to relu2's two; 8/3 keeps the parameter count (LLaMA), and
+    a multiple of 64 keeps the matmuls on whole tensor-core tiles.
+    """
+    if cfg.mlp == "swiglu":
+        return -(-8 * cfg.n_embd // (3 * 64)) * 64
+    return 4 * cfg.n_embd
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=False)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=False)
+        self.swiglu, hidden = cfg.mlp == "swiglu", mlp_hidden(cfg)
+        # SwiGLU's gate and up matrices as one (gate rows first): one matmul, like c_attn
+        self.c_fc = nn.Linear(cfg.n_embd, (2 if self.swiglu else 1) * hidden, bias=False)
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            gate, up = self.c_fc(x).chunk(2, dim=-1)  # (B, T, hidden) each
+            return self.c_proj(F.silu(gate) * up)
         return self.c_proj(F.relu(self.c_fc(x)).square())  # squared ReLU (Primer)
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, qk_norm: bool) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.norm_1 = RMSNorm(cfg.n_embd)
-        self.attn = CausalSelfAttention(cfg, layer, qk_norm)
+        self.attn = CausalSelfAttention(cfg, layer)
         self.norm_2 = RMSNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
 
@@ -149,12 +166,12 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int, qk_norm: bool = QK_NORM) -> None:
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
         super().__init__()
-        self.config, self.vocab_size, self.qk_norm = cfg, vocab_size, qk_norm
+        self.config, self.vocab_size = cfg, vocab_size
         self.padded_vocab = -(-vocab_size // cfg.vocab_multiple) * cfg.vocab_multiple
         self.wte = nn.Embedding(self.padded_vocab, cfg.n_embd)
-        self.blocks = nn.ModuleList(Block(cfg, i, qk_norm) for i in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm_f = RMSNorm(cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, self.padded_vocab, bias=False)  # untied: above
         # Derived from the config, so not saved with the weights (persistent=False).
@@ -175,13 +192,13 @@ class GPT(nn.Module):
 
     def spec(self) -> dict[str, Any]:
         """Everything needed to rebuild this model around saved weights (see from_spec)."""
-        return {**self.config.model_dump(), "vocab_size": self.vocab_size, "qk_norm": self.qk_norm}
+        return {**self.config.model_dump(), "vocab_size": self.vocab_size}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> GPT:
         spec = dict(spec)
-        vocab_size, qk_norm = spec.pop("vocab_size"), spec.pop("qk_norm")
-        return cls(ModelConfig(**spec), vocab_size, qk_norm=qk_norm)
+        vocab_size = spec.pop("vocab_size")
+        return cls(ModelConfig(**spec), vocab_size)
 
     def forward(
         self,

@@ -87,10 +87,15 @@ def assert_matches(
         assert rel_error(got[2][name], grad) <= REL, name
 
 
-@pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_compiled_model_matches_eager_with_no_graph_break(reduction: str) -> None:
+@pytest.mark.parametrize(
+    "reduction,options",
+    [("mean", {}), ("none", {}), ("mean", {"mlp": "swiglu", "qk_norm": False})],
+)
+def test_compiled_model_matches_eager_with_no_graph_break(
+    reduction: str, options: dict[str, object]
+) -> None:
     torch.manual_seed(0)
-    model = GPT(SMALL, VOCAB)
+    model = GPT(SMALL.model_copy(update=options), VOCAB)
     counter = CompileCounterWithBackend("inductor")
     compiled = torch.compile(model, backend=counter, fullgraph=True)
     x, y = batch(1)

@@ -10,15 +10,27 @@ import torch
 import transformers
 from test_train import DOCS, make_upstream, tiny_train_config
 
-from fineflow.export import export, hf_state_dict, main
+from fineflow.export import hf_state_dict, main
 from fineflow.model import GPT
 from tasks.tokenizer import EOT
 from tasks.train import train_model
 
 
-def test_exported_model_and_tokenizer_match_fineflow(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "options,architecture",
+    [
+        ({}, "Qwen3ForCausalLM"),  # the default: QK-norm, squared ReLU
+        ({"mlp": "swiglu"}, "Qwen3ForCausalLM"),
+        ({"qk_norm": False}, "LlamaForCausalLM"),
+        ({"qk_norm": False, "mlp": "swiglu"}, "LlamaForCausalLM"),
+    ],
+)
+def test_exported_model_and_tokenizer_match_fineflow(
+    tmp_path: Path, options: dict[str, object], architecture: str
+) -> None:
     tokenizer, shards, tok = make_upstream(tmp_path, DOCS * 6, DOCS[:3])
-    cfg = tiny_train_config(steps=20, log_every=10, warmup_steps=2)
+    model_cfg = tiny_train_config().model.model_copy(update=options)
+    cfg = tiny_train_config(steps=20, log_every=10, warmup_steps=2, model=model_cfg)
     manifest = train_model.fn(str(tmp_path), shards, tokenizer, cfg)
     train_dir = tmp_path / manifest.dir
     out = tmp_path / "hf"
@@ -27,7 +39,7 @@ def test_exported_model_and_tokenizer_match_fineflow(tmp_path: Path) -> None:
     config = json.loads((out / "config.json").read_text())
     assert config["vocab_size"] == tok.get_vocab_size() == 320  # padding (384) dropped
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-    assert type(hf).__name__ == "Qwen3ForCausalLM"
+    assert type(hf).__name__ == architecture
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     text = "SELECT name FROM products WHERE the Python interpreter reads"
     ids = hf_tok(text)["input_ids"]
@@ -35,6 +47,7 @@ def test_exported_model_and_tokenizer_match_fineflow(tmp_path: Path) -> None:
     assert hf_tok.decode(ids) == text
 
     ours = GPT.from_spec(json.loads((train_dir / "config.json").read_text())["model"])
+    assert ours.config == model_cfg
     ours.load_state_dict(torch.load(train_dir / "model.pt", weights_only=True))
     ours.eval()
     idx = torch.tensor([[tok.token_to_id(EOT), *ids]])[:, :16]
@@ -51,8 +64,9 @@ def test_exported_model_and_tokenizer_match_fineflow(tmp_path: Path) -> None:
     assert torch.equal(mine, theirs)
 
 
-def test_model_without_qk_norm_is_refused(tmp_path: Path) -> None:
-    model = GPT(tiny_train_config().model, 64, qk_norm=False)
-    with pytest.raises(ValueError, match="QK-norm"):
-        hf_state_dict(model)
-    assert export  # the function the CLI entry calls
+def test_a_spec_saved_before_the_model_options_loads_as_the_default_model() -> None:
+    """config.json of a model trained before `mlp` existed: relu2 with QK-norm, as then."""
+    old = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16, "vocab_multiple": 64}
+    model = GPT.from_spec({**old, "vocab_size": 64, "qk_norm": True})
+    assert model.config.mlp == "relu2" and model.config.qk_norm
+    assert set(hf_state_dict(model)) >= {"model.layers.0.self_attn.q_norm.weight"}

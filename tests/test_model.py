@@ -15,9 +15,9 @@ VOCAB = 97
 PADDED = 128  # 97 rounded up to a multiple of vocab_multiple (64)
 
 
-def _model(seed: int = 0, qk_norm: bool = True) -> GPT:
+def _model(seed: int = 0, **options: object) -> GPT:
     torch.manual_seed(seed)
-    model = GPT(TINY, VOCAB, qk_norm=qk_norm)
+    model = GPT(TINY.model_copy(update=options), VOCAB)
     with torch.no_grad():  # sharpen the freshly initialised weights so samples vary by position
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -47,8 +47,9 @@ def test_ignored_targets_cost_nothing() -> None:
 
 
 @pytest.mark.parametrize("qk_norm", [True, False])
-def test_causal(qk_norm: bool) -> None:
-    model = _model(qk_norm=qk_norm)
+@pytest.mark.parametrize("mlp", ["relu2", "swiglu"])
+def test_causal(qk_norm: bool, mlp: str) -> None:
+    model = _model(qk_norm=qk_norm, mlp=mlp)
     idx = torch.randint(0, VOCAB, (2, TINY.block_size))
     changed = idx.clone()
     changed[:, 9] = (changed[:, 9] + 1) % VOCAB
@@ -65,6 +66,15 @@ def test_param_count_and_flops() -> None:
     per_block = 12 * d * d + 2 * d + 2 * hs  # qkv, proj, mlp; two norms; q and k norms
     assert model.num_params() == 2 * PADDED * d + L * per_block + d  # untied embedding, head
     assert model.estimate_flops_per_token() == 6 * (L * 12 * d * d + PADDED * d) + 12 * L * d * 16
+
+    # SwiGLU: gate, up and down at 8/3 x d rounded up to 64 (32 -> 128); no q/k norms here
+    plain = GPT(TINY.model_copy(update={"mlp": "swiglu", "qk_norm": False}), VOCAB)
+    per_block = 4 * d * d + 3 * d * 128 + 2 * d
+    assert plain.num_params() == 2 * PADDED * d + L * per_block + d
+    assert (
+        GPT(ModelConfig(n_embd=768, n_head=12, mlp="swiglu"), 8).blocks[0].mlp.c_proj.in_features
+        == 2048
+    )
 
 
 def test_vocab_is_padded_and_padding_is_never_sampled() -> None:
@@ -102,8 +112,9 @@ def test_residual_projections_scaled_at_init() -> None:
 
 
 @pytest.mark.parametrize("new_tokens", [6, 40])  # 40: past block_size, so the cache restarts
-def test_cached_generation_equals_uncached_greedy(new_tokens: int) -> None:
-    model = _model()
+@pytest.mark.parametrize("mlp", ["relu2", "swiglu"])
+def test_cached_generation_equals_uncached_greedy(new_tokens: int, mlp: str) -> None:
+    model = _model(mlp=mlp)
     prompt = torch.randint(0, VOCAB, (2, 5))
     cached = model.generate(prompt, new_tokens, temperature=0)
     plain = model.generate(prompt, new_tokens, temperature=0, use_cache=False)
