@@ -13,7 +13,8 @@ match wins:
    registered domain and the full host; the walk checks both of those and the levels
    between, with no public-suffix list (none is downloaded at run time, and a UT1 entry
    is meant to cover its subdomains). Hosts and entries lose case, port, a trailing dot
-   and a leading "www.".
+   and a leading "www.", and are compared in their IDNA form (bücher.example matches
+   xn--bcher-kva.example both ways); the `host` column keeps the URL's spelling.
 2. "blocklist_url": the URL is in the UT1 `urls` list. UT1 lists URLs without a scheme,
    so both sides are compared without scheme, "www." and trailing "/".
 3. "banned_word": a banned word is a whole token of the lowercased URL split on
@@ -63,7 +64,8 @@ from fineflow.config import DownloadConfig, UrlFilterConfig
 from storage.artifacts import ArtifactWriter, Manifest, load_manifest, stage_key, verify
 from tasks.warc import WarcRecord, iter_records
 
-STAGE_VERSION = 4  # 3: records after a bad one in a gzip member read; 4: record ids checked
+STAGE_VERSION = 5  # 3: records after a bad one in a gzip member read; 4: record ids checked;
+# 5: IDN hosts matched in their IDNA (xn--) form
 
 log = logging.getLogger("fineflow.url_filter")
 
@@ -134,11 +136,24 @@ def normalize_host(host: str) -> str:
     return host.removeprefix("www.")
 
 
+def ascii_host(host: str) -> str:
+    """The IDNA (punycode) form of a host: a Unicode host (bücher.example) and its
+    xn-- form (xn--bcher-kva.example, what UT1 lists and most crawlers record) must meet
+    in one spelling. Python's IDNA 2003 codec, so the result depends on nothing
+    installed; a host it cannot encode (an empty or over-long label) stays as it is."""
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return host
+
+
 def normalize_url(url: str) -> str:
-    """A URL as UT1 lists it: no scheme, host normalised, no trailing "/"."""
+    """A URL as UT1 lists it: no scheme, host normalised (IDNA), no trailing "/"."""
     url = _SCHEME.sub("", url.strip().lower(), count=1)
     host, sep, rest = url.partition("/")
-    return (normalize_host(host.rpartition("@")[2]) + sep + rest).rstrip("/")
+    return (ascii_host(normalize_host(host.rpartition("@")[2])) + sep + rest).rstrip("/")
 
 
 def host_of(url: str) -> str:
@@ -160,7 +175,7 @@ def _entries(lines: Iterable[str]) -> Iterator[str]:
             yield entry
 
 
-_SPECIAL_LINE = re.compile(r"(?m)^(?:www\.[^\n]*|[^\n]*[#: \t\r][^\n]*|[^\n]*\.)$")
+_SPECIAL_LINE = re.compile(r"(?m)^(?:www\.[^\n]*|[^\n]*[#: \t\r\x80-\U0010ffff][^\n]*|[^\n]*\.)$")
 _CHUNK_CHARS = 1 << 24
 
 
@@ -170,7 +185,7 @@ def parse_domains(lines: Iterable[str]) -> set[str]:
     for e in _entries(lines):
         if e.startswith("www.") or ":" in e or e.endswith("."):
             e = normalize_host(e)
-        out.add(e)
+        out.add(ascii_host(e))
     return out
 
 
@@ -342,7 +357,7 @@ def url_tokens(url: str) -> set[str]:
 def url_reason(url: str, host: str, flt: UrlFilter) -> str | None:
     """Why a URL is dropped by the blocklists or word lists, or None."""
     hashes = flt.blocklist.domain_hashes
-    if any(hash(d) in hashes for d in parent_domains(host)):
+    if any(hash(d) in hashes for d in parent_domains(ascii_host(host))):
         return "blocklist_domain"
     if flt.blocklist.urls and normalize_url(url) in flt.blocklist.urls:
         return "blocklist_url"

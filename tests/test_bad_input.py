@@ -185,3 +185,22 @@ def test_a_corpus_of_one_document_is_refused_at_shard(tmp_path: Path) -> None:
     train_bpe([article(0)], 300).save(str(tok))
     with pytest.raises(ValueError, match=r"1 kept document\(s\).*at least 2"):
         shard_corpus(db, tok, lambda name: tmp_path / name, ShardConfig())
+
+
+def test_idn_hosts_meet_the_blocklist_in_either_spelling(tmp_path: Path) -> None:
+    """A crawler may record an IDN host as Unicode or as punycode; UT1 lists may hold
+    either: a blocked site must be blocked whichever way each side spells it."""
+    lists = tmp_path / "domains"
+    lists.write_text("xn--bcher-kva.example\nплохой.рф\n")
+    caps = GOOD + [
+        Capture("https://bücher.example/a", article(0).encode()),
+        Capture("https://shop.BÜCHER.example./b", article(1).encode()),
+        Capture("https://xn--i1adjac2b.xn--p1ai/c", article(2).encode()),
+    ]
+    path = tmp_path / "idn.warc.gz"
+    build_warc(path, caps)
+    out = tmp_path / "records.parquet"
+    counts = filter_warc(path, out, UrlFilterConfig(blocklist=lists))
+    assert counts["dropped_blocklist_domain"] == 3 and counts["kept"] == 4
+    rows = pq.read_table(out).to_pylist()
+    assert rows[5]["host"] == "shop.bücher.example"  # the column keeps the URL's spelling
