@@ -183,7 +183,12 @@ def train_tokenizer(root: str, corpus: Manifest, cfg: TokenizerConfig) -> Manife
     seen = [0, 0]  # documents, characters
     tok = train_bpe(_texts(corpus.path(Path(root), CORPUS_DB), cfg.max_docs, seen), cfg.vocab_size)
     if seen[0] == 0:
-        raise ValueError(f"{corpus.dir}: no kept documents to train a tokenizer on")
+        raise ValueError(
+            f"{corpus.dir}: no kept documents to train a tokenizer on: of"
+            f" {corpus.counts.get('docs', 0)} documents that passed the filters, dedup kept"
+            f" {corpus.counts.get('kept', 0)} (per-stage counts: the funnel table of"
+            f" {CORPUS_DB})"
+        )
     with ArtifactWriter(Path(root), "tokenizer", key) as out:
         tok.save(str(out.path(TOKENIZER_JSON)))
         log.info(

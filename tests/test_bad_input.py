@@ -21,8 +21,15 @@ from warc_factory import (
     warcinfo_record,
 )
 
-from fineflow.config import ExtractConfig, FilterConfig, MinHashConfig, ShardConfig, UrlFilterConfig
-from tasks.dedup import CORPUS_DB, dedup_corpus
+from fineflow.config import (
+    ExtractConfig,
+    FilterConfig,
+    MinHashConfig,
+    ShardConfig,
+    TokenizerConfig,
+    UrlFilterConfig,
+)
+from tasks.dedup import CORPUS_DB, CorpusMismatch, dedup_corpus
 from tasks.extract import extract_docs
 from tasks.filter_docs import filter_docs
 from tasks.minhash import signatures_to_parquet
@@ -204,3 +211,18 @@ def test_idn_hosts_meet_the_blocklist_in_either_spelling(tmp_path: Path) -> None
     assert counts["dropped_blocklist_domain"] == 3 and counts["kept"] == 4
     rows = pq.read_table(out).to_pylist()
     assert rows[5]["host"] == "shop.bücher.example"  # the column keeps the URL's spelling
+
+
+def test_the_same_warc_under_two_names_is_named_by_dedup(tmp_path: Path) -> None:
+    path = tmp_path / "a.warc.gz"
+    build_warc(path, GOOD)
+    run(tmp_path, path)
+    sigs = tmp_path / "sigs.parquet"
+    signatures_to_parquet(tmp_path / "kept.parquet", sigs, MinHashConfig())
+    kept = tmp_path / "kept.parquet"
+    kept2, sigs2 = tmp_path / "kept2.parquet", tmp_path / "sigs2.parquet"
+    kept2.write_bytes(kept.read_bytes())
+    sigs2.write_bytes(sigs.read_bytes())
+    files = [("a.warc.gz", kept, sigs), ("copy-of-a.warc.gz", kept2, sigs2)]
+    with pytest.raises(CorpusMismatch, match=r"listed twice.*/ 2 / a\.warc\.gz, copy-of-a"):
+        dedup_corpus(files, tmp_path / "c.duckdb")
