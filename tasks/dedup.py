@@ -183,10 +183,15 @@ def _load_ids(
         """,
         {"docs": [str(d) for _, d, _ in files]},
     )
+    # url_filter drops repeated ids within a WARC, so a repeat here spans WARCs: the
+    # same WARC under two names, most likely; name them, not just the ids.
     _fail_on_rows(
         con,
-        "SELECT id, count(*) FROM doc_ids GROUP BY id HAVING count(*) > 1 ORDER BY id",
-        "document ids are not unique across the corpus (id / copies)",
+        """SELECT id, count(*), string_agg(DISTINCT f.warc, ', ' ORDER BY f.warc)
+           FROM doc_ids JOIN files f USING (warc_index)
+           GROUP BY id HAVING count(*) > 1 ORDER BY id""",
+        "document ids are not unique across the corpus: the same WARC listed twice under"
+        " two names? (id / copies / WARCs)",
     )
     con.execute(
         """

@@ -34,7 +34,7 @@ from tasks.extract import extract_docs
 from tasks.filter_docs import filter_docs
 from tasks.minhash import signatures_to_parquet
 from tasks.shard import shard_corpus
-from tasks.tokenizer import train_bpe
+from tasks.tokenizer import train_bpe, train_tokenizer
 from tasks.url_filter import filter_warc
 from tasks.warc import WarcFormatError, iter_records
 
@@ -226,3 +226,9 @@ def test_the_same_warc_under_two_names_is_named_by_dedup(tmp_path: Path) -> None
     files = [("a.warc.gz", kept, sigs), ("copy-of-a.warc.gz", kept2, sigs2)]
     with pytest.raises(CorpusMismatch, match=r"listed twice.*/ 2 / a\.warc\.gz, copy-of-a"):
         dedup_corpus(files, tmp_path / "c.duckdb")
+
+
+def test_an_empty_corpus_names_the_cause_at_the_tokenizer(tmp_path: Path) -> None:
+    corpus = corpus_manifest(tmp_path, [("a", article(0), False), ("b", article(1), False)])
+    with pytest.raises(ValueError, match=r"no kept documents.* of 2 documents .*dedup kept 0"):
+        train_tokenizer.fn(str(tmp_path), corpus, TokenizerConfig())
