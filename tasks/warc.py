@@ -8,7 +8,9 @@ member costs only its own record(s):
   `corrupt_member` and reading resumes at the next gzip header found by scanning
   forward for b"\\x1f\\x8b\\x08" (a damaged stretch counts once, however many false
   headers it holds);
-- a member cut off by the end of the file is counted `truncated`.
+- a member cut off by the end of the file is counted `truncated`;
+- a file whose first bytes are damaged is read from the first intact member found in
+  its first 2 MiB (the damage counted `corrupt_member`), not refused as "not a WARC".
 
 A plain WARC is split the same way by its `Content-Length` headers (a "member" is
 then one record; a bad header resumes at the next line starting "WARC/1.").
@@ -57,6 +59,7 @@ _SPOOL_BYTES = 8 << 20
 _MAX_HEADER_LINE = 1 << 16
 _MAX_HEADER_LINES = 1000
 _PLAIN_RESYNC = b"\nWARC/1."
+_DAMAGED_START_SCAN = 2 << 20  # bigger than nearly every record (CC caps payloads at 1 MiB)
 _CHARSET = re.compile(r"""charset\s*=\s*["']?\s*([^"';\s]+)""", re.IGNORECASE)
 
 
@@ -114,10 +117,31 @@ def detect_format(path: Path) -> WarcFormat:
                 "expected 'WARC/')"
             )
         return "gzip"
+    if fmt := _after_damaged_start(path):
+        log.warning("%s: damaged start; reading from the first intact %s record", path, fmt)
+        return fmt
     raise WarcFormatError(
         f"{path}: not a WARC file (starts with {head[:8]!r}; "
         "expected gzip members or a plain file starting 'WARC/')"
     )
+
+
+def _after_damaged_start(path: Path) -> WarcFormat | None:
+    """The format of a WARC whose first record is damaged at its very start: a gzip
+    member that inflates to "WARC/", or a plain record after a record separator, within
+    the first `_DAMAGED_START_SCAN` bytes. The damaged stretch is then counted
+    `corrupt_member` like any other, instead of the whole file being refused."""
+    with open(path, "rb") as f:
+        head = f.read(_DAMAGED_START_SCAN)
+    i = head.find(GZIP_MAGIC, 1)
+    while i != -1:
+        try:
+            if zlib.decompressobj(31).decompress(head[i:], 64).startswith(b"WARC/"):
+                return "gzip"
+        except zlib.error:
+            pass
+        i = head.find(GZIP_MAGIC, i + 1)
+    return "plain" if b"\r\n\r\nWARC/1." in head else None
 
 
 def iter_records(

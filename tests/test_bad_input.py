@@ -36,7 +36,7 @@ from tasks.minhash import signatures_to_parquet
 from tasks.shard import shard_corpus
 from tasks.tokenizer import train_bpe, train_tokenizer
 from tasks.url_filter import filter_warc
-from tasks.warc import WarcFormatError, iter_records
+from tasks.warc import WarcFormatError, check_integrity, iter_records
 
 GOOD = [Capture(f"https://good{i}.example/page", article(i).encode()) for i in range(4)]
 GOOD_URLS = [c.url for c in GOOD]
@@ -232,3 +232,18 @@ def test_an_empty_corpus_names_the_cause_at_the_tokenizer(tmp_path: Path) -> Non
     corpus = corpus_manifest(tmp_path, [("a", article(0), False), ("b", article(1), False)])
     with pytest.raises(ValueError, match=r"no kept documents.* of 2 documents .*dedup kept 0"):
         train_tokenizer.fn(str(tmp_path), corpus, TokenizerConfig())
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_damaged_first_bytes_cost_the_first_record_not_the_file(
+    tmp_path: Path, compress: bool
+) -> None:
+    path = tmp_path / ("d.warc.gz" if compress else "d.warc")
+    build_warc(path, GOOD, compress=compress)
+    data = bytearray(path.read_bytes())
+    data[:3] = b"\x00\x00\x00"  # the warcinfo record's gzip magic / "WAR"
+    path.write_bytes(bytes(data))
+    report = check_integrity(path)  # what the download stage checks before trusting a file
+    assert report.corrupt_members == 1 and not report.truncated
+    counts, urls = run(tmp_path, path)
+    assert urls == GOOD_URLS
