@@ -88,6 +88,7 @@ _BOMS_16 = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _AS_CP1252 = {"latin-1", "ascii", "iso8859-1"}
 _GARBAGE = re.compile(r"[\ufffd\x00-\x08\x0b\x0e-\x1f\x7f]")
 _MAX_GARBAGE = 0.05
+_NO_TIMEOUT_S = 1e6  # ~11 days: what an infinite per-page timeout becomes
 
 
 def codec_name(label: str | None) -> str | None:
@@ -244,7 +245,9 @@ def extract_docs(
                 yield html, cfg.favor_precision, cfg.include_comments, cfg.include_tables
 
     if cfg.workers:
-        pool = Sandbox(extractor, cfg.workers, cfg.timeout_s, cfg.worker_memory_mb)
+        # timeout_s=inf (no timeout) is valid config; the sandbox's waits need a finite number
+        timeout = min(cfg.timeout_s, _NO_TIMEOUT_S)
+        pool = Sandbox(extractor, cfg.workers, timeout, cfg.worker_memory_mb)
     else:
         pool = _InProcess(extractor)
     chars = 0

@@ -247,3 +247,11 @@ def test_damaged_first_bytes_cost_the_first_record_not_the_file(
     assert report.corrupt_members == 1 and not report.truncated
     counts, urls = run(tmp_path, path)
     assert urls == GOOD_URLS
+
+
+def test_an_infinite_page_timeout_means_none(tmp_path: Path) -> None:
+    """extract.timeout_s=inf passes the config (it is > 0): it must not crash every WARC."""
+    path = tmp_path / "i.warc.gz"
+    build_warc(path, GOOD[:2])
+    counts, urls = run(tmp_path, path, ExtractConfig(timeout_s=float("inf"), workers=1))
+    assert counts["kept"] == 2 and urls == GOOD_URLS[:2]
