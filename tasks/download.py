@@ -24,6 +24,7 @@ import dataclasses
 import gzip
 import http.client
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -172,6 +173,11 @@ def fetch(uri: str, dest: Path, cfg: DownloadConfig) -> IntegrityReport:
         part.unlink(missing_ok=True)
 
 
+def _socket_timeout(cfg: DownloadConfig) -> float | None:
+    """timeout_s for a socket: inf (a valid config value) means none, which sockets spell None."""
+    return None if math.isinf(cfg.timeout_s) else cfg.timeout_s
+
+
 def _with_retries(what: str, attempt: Callable[[], T], cfg: DownloadConfig) -> T:
     attempts = cfg.retries + 1
     last: BaseException | None = None
@@ -224,7 +230,7 @@ def _http_attempt(
         if "validator" in state:  # resume only if it is still the same file
             req.add_header("If-Range", state["validator"])
     try:
-        resp = urlopen(req, timeout=cfg.timeout_s)
+        resp = urlopen(req, timeout=_socket_timeout(cfg))
     except HTTPError as exc:
         exc.close()
         if exc.code == 416 and have:  # our partial file is no prefix of theirs: start over
@@ -318,7 +324,9 @@ def _open_stream(uri: str, cfg: DownloadConfig) -> Iterator[IO[bytes]]:
         return
     if urlsplit(uri).scheme in ("http", "https"):
         try:
-            resp = urlopen(Request(uri, headers={"User-Agent": USER_AGENT}), timeout=cfg.timeout_s)
+            resp = urlopen(
+                Request(uri, headers={"User-Agent": USER_AGENT}), timeout=_socket_timeout(cfg)
+            )
         except HTTPError as exc:
             exc.close()
             if exc.code in _RETRYABLE_HTTP or exc.code >= 500:

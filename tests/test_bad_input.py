@@ -3,9 +3,12 @@ with a counted reason (or rejected naming the file), and no other document is lo
 
 from __future__ import annotations
 
+import functools
 import gzip
 import re
+import threading
 from collections import Counter
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -22,6 +25,7 @@ from warc_factory import (
 )
 
 from fineflow.config import (
+    DownloadConfig,
     ExtractConfig,
     FilterConfig,
     MinHashConfig,
@@ -30,6 +34,7 @@ from fineflow.config import (
     UrlFilterConfig,
 )
 from tasks.dedup import CORPUS_DB, CorpusMismatch, dedup_corpus
+from tasks.download import fetch
 from tasks.extract import extract_docs
 from tasks.filter_docs import filter_docs
 from tasks.minhash import signatures_to_parquet
@@ -255,3 +260,18 @@ def test_an_infinite_page_timeout_means_none(tmp_path: Path) -> None:
     build_warc(path, GOOD[:2])
     counts, urls = run(tmp_path, path, ExtractConfig(timeout_s=float("inf"), workers=1))
     assert counts["kept"] == 2 and urls == GOOD_URLS[:2]
+
+
+def test_an_infinite_download_timeout_means_none(tmp_path: Path) -> None:
+    """download.timeout_s=inf passes the config: the socket waits, it does not overflow."""
+    build_warc(tmp_path / "a.warc.gz", GOOD[:1])
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/a.warc.gz"
+        cfg = DownloadConfig(timeout_s=float("inf"), retries=0)
+        report = fetch(url, tmp_path / "out.warc.gz", cfg)
+    finally:
+        srv.shutdown()
+    assert report.members == 3 and not report.corrupt_members
