@@ -34,7 +34,9 @@ from storage.artifacts import ArtifactWriter, Manifest, stage_key
 from tasks.extract import DOCS_SCHEMA
 from tasks.quality import judge, reasons
 
-STAGE_VERSION = 2  # 2: words and sentences counted as FineWeb does (tasks/words.py)
+# 2: words and sentences counted as FineWeb does (tasks/words.py); 3: its URL rule
+# leaves private and loopback IPs out, as spaCy's does
+STAGE_VERSION = 3
 DOCS = "docs.parquet"
 DROPPED = "dropped.parquet"
 SAMPLE_CHARS = 500

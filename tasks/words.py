@@ -101,8 +101,13 @@ _INFIX = regex.compile(
 )
 # A URL or a dotted name ending in a lowercase "top-level domain" stays one token.
 _URL = regex.compile(
-    r"^(?:[\w+.-]{2,}://)?(?:\S+(?::\S*)?@)?"
-    r"(?:(?:[1-9]\d?|1\d\d|2[01]\d|22[0-3])(?:\.(?:1?\d{1,2}|2[0-4]\d|25[0-5])){2}"
+    # user[:password]@ as `\S+@`: the same strings (\S covers ':'), but linear; spaCy's
+    # nested `\S+(?::\S*)?@` backtracks quadratically on a long token with many ':'
+    r"^(?:[\w+.-]{2,}://)?(?:\S+@)?"
+    # private and loopback addresses are not URLs (spaCy's exclusions)
+    r"(?:(?!(?:10|127)(?:\.\d{1,3}){3})(?!(?:169\.254|192\.168)(?:\.\d{1,3}){2})"
+    r"(?!172\.(?:1[6-9]|2\d|3[0-1])(?:\.\d{1,3}){2})"
+    r"(?:[1-9]\d?|1\d\d|2[01]\d|22[0-3])(?:\.(?:1?\d{1,2}|2[0-4]\d|25[0-5])){2}"
     r"\.(?:[1-9]\d?|1\d\d|2[0-4]\d|25[0-4])"
     r"|(?:(?:[A-Za-z0-9\u00a1-\uffff][A-Za-z0-9\u00a1-\uffff_-]{0,62})?[A-Za-z0-9\u00a1-\uffff]\.)+"
     r"\p{Ll}{2,63})"

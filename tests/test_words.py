@@ -97,3 +97,32 @@ def test_same_tokens_and_decisions_as_spacy_on_sample(nlp, sample_pages: list[st
         for line in text.splitlines()[:50]:
             assert sentences(line) == spacy_sentences(nlp, line), line
     assert same / len(sample_pages) >= 0.95
+
+
+def test_url_rule_matches_what_spacys_does() -> None:
+    """The user:password@ part is written `\\S+@` (linear) for spaCy's `\\S+(?::\\S*)?@`
+    (quadratic on a long token full of ':'): the same tokens must match."""
+    import random
+
+    from spacy.lang.tokenizer_exceptions import URL_MATCH
+
+    from tasks.words import _URL
+
+    rng = random.Random(0)
+    tokens = [
+        "ftp://user:pw@files.example.com/a",
+        "user@mail.example.org",
+        "a:b:c@d.example.com:8080/x?q=1",
+        "http://x.y/" * 3,
+        '{"k0":0,"k1":1}',
+        "192.168.0.1:80",
+        "a:@b.cd",
+        ":@b.cd",
+    ]
+    tokens += [
+        "".join(rng.choice("ab:/@.-1X") for _ in range(rng.randint(1, 14))) for _ in range(3000)
+    ]
+    tokens += [t + ".com" for t in tokens[:800]]
+    matched = [t for t in tokens if URL_MATCH(t)]
+    assert len(matched) > 100  # the sample exercises the rule, both ways
+    assert [bool(_URL.match(t)) for t in tokens] == [bool(URL_MATCH(t)) for t in tokens]
