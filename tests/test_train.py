@@ -276,6 +276,8 @@ def test_train_model_task(tmp_path: Path) -> None:
     val = [read_shard(p) for p in shards.paths(tmp_path, "val_000000.bin")]
     loss = mean_loss(model, val, 4, torch.device("cpu"), VAL_BATCHES * 4 * 16)
     assert manifest.stats["val_loss"] == pytest.approx(loss, abs=1e-5)
+    with pytest.raises(ValueError, match="no targets to evaluate: the shards hold 1 token"):
+        mean_loss(model, [val[0][:1]], 4, torch.device("cpu"), 64)  # not a loss of 0
     assert metrics["val_loss"] == manifest.stats["val_loss"]
     import duckdb
 

@@ -161,8 +161,15 @@ def target_losses(
 def mean_loss(
     model: GPT, shards: list[np.ndarray], batch_size: int, device: torch.device, max_targets: int
 ) -> float:
-    """Mean cross-entropy (nats) over the first max_targets targets of the shards."""
+    """Mean cross-entropy (nats) over the first max_targets targets of the shards.
+
+    Shards without a single target (under 2 tokens in all) raise: a loss of 0 would read
+    as a perfect model.
+    """
     total, count = 0.0, 0
     for y, losses in target_losses(model, shards, batch_size, device, max_targets):
         total, count = total + float(losses.sum()), count + len(y)
-    return total / max(count, 1)
+    if count == 0:
+        tokens = sum(len(s) for s in shards)
+        raise ValueError(f"no targets to evaluate: the shards hold {tokens} token(s) in all")
+    return total / count
