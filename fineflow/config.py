@@ -16,6 +16,8 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fineflow.sources import check_sources
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO_ROOT / "sample"
 
@@ -70,10 +72,18 @@ class SourceConfig(_Config):
             raise ValueError("sources: give at least one WARC in `warcs` or a `common_crawl` slice")
         return self
 
+    @field_validator("warcs")
+    @classmethod
+    def _files_there_names_unique(cls, v: list[str]) -> list[str]:
+        check_sources(v)  # a missing local file fails here, at the start, not mid-run
+        return v
+
 
 class DownloadConfig(_Config):
     retries: int = Field(default=4, ge=0, description="attempts after the first")
-    backoff_s: float = Field(default=1.0, gt=0, description="first retry delay; doubles")
+    backoff_s: float = Field(
+        default=1.0, gt=0, allow_inf_nan=False, description="first retry delay; doubles"
+    )
     timeout_s: float = Field(default=60.0, gt=0, description="socket timeout per read")
     chunk_bytes: int = Field(default=1 << 20, ge=4096)
 
@@ -88,6 +98,7 @@ class UrlFilterConfig(_Config):
     )
     categories: list[str] = Field(
         default_factory=lambda: ["adult"],
+        min_length=1,  # none would read nothing from a UT1 directory or archive
         description="UT1 categories read from a directory or archive (e.g. adult/domains)",
     )
     banned_words: list[str] = Field(
@@ -139,7 +150,11 @@ class ExtractConfig(_Config):
 
 class LanguageFilterConfig(_Config):
     enabled: bool = True
-    languages: list[str] = Field(default_factory=lambda: ["en"], description="fastText lid.176")
+    languages: list[str] = Field(
+        default_factory=lambda: ["en"],
+        min_length=1,  # none would drop every document; turn the filter off with enabled=false
+        description="fastText lid.176",
+    )
     min_score: float = Field(default=0.65, ge=0, le=1)
 
 

@@ -29,16 +29,17 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, TypeVar
 from urllib.error import HTTPError
-from urllib.parse import unquote, urlsplit
-from urllib.request import Request, url2pathname, urlopen
+from urllib.parse import urlsplit
+from urllib.request import Request, urlopen
 
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 
 from fineflow.config import CommonCrawlConfig, DownloadConfig
+from fineflow.sources import check_sources, local_path, source_name
 from storage.artifacts import ArtifactWriter, Manifest, stage_key
 from storage.fingerprint import file_sha256
 from tasks.warc import IntegrityReport, WarcFormatError, check_integrity
@@ -49,6 +50,7 @@ log = logging.getLogger("fineflow.download")
 T = TypeVar("T")
 
 USER_AGENT = "fineflow/0.1 (research pipeline; urllib)"
+MAX_BACKOFF_S = 600.0  # the longest wait between two attempts
 _RETRYABLE_HTTP = {408, 425, 429}  # plus every 5xx
 
 
@@ -77,46 +79,14 @@ class WarcSource(BaseModel):
 # --- sources ---------------------------------------------------------------------------
 
 
-def local_path(uri: str) -> Path | None:
-    """The filesystem path of a plain path or file:// URI; None for remote locations."""
-    parts = urlsplit(uri)
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise ValueError(f"{uri}: file:// URIs on another host are not supported")
-        return Path(url2pathname(parts.path))
-    if parts.scheme == "" or len(parts.scheme) == 1:  # len 1: a Windows drive letter
-        return Path(uri)
-    return None
-
-
-def source_name(uri: str) -> str:
-    """The file name a location is stored under (its last path segment)."""
-    path = local_path(uri)
-    name = path.name if path is not None else unquote(PurePosixPath(urlsplit(uri).path).name)
-    if not name:
-        raise ValueError(f"{uri}: cannot tell the WARC's file name (the path ends in '/')")
-    return name
-
-
 def describe_sources(uris: list[str]) -> list[WarcSource]:
     """A WarcSource per location; local files get their sha256; names must be unique."""
+    check_sources(uris)  # the config checked its own list; a Common Crawl slice joins here
     sources = []
     for uri in uris:
         path = local_path(uri)
-        digest = None
-        if path is not None:
-            if not path.is_file():
-                raise FileNotFoundError(f"WARC source {uri}: no such file {path}")
-            digest = file_sha256(path)
+        digest = file_sha256(path) if path is not None else None
         sources.append(WarcSource(uri=uri, name=source_name(uri), content_sha256=digest))
-    seen: dict[str, str] = {}
-    for s in sources:
-        if s.name in seen:
-            raise ValueError(
-                f"two WARC sources share the file name {s.name!r}: {seen[s.name]} and {s.uri}; "
-                "per-WARC artifacts are named by file name, so rename one"
-            )
-        seen[s.name] = s.uri
     return sources
 
 
@@ -183,7 +153,8 @@ def _with_retries(what: str, attempt: Callable[[], T], cfg: DownloadConfig) -> T
     last: BaseException | None = None
     for i in range(attempts):
         if i:
-            delay = cfg.backoff_s * 2 ** (i - 1)
+            # doubling, up to MAX_BACKOFF_S (many retries would overflow time.sleep)
+            delay = min(cfg.backoff_s * 2.0 ** min(i - 1, 64), MAX_BACKOFF_S)
             log.warning(
                 "%s: attempt %d/%d failed (%s); retrying in %.1fs", what, i, attempts, last, delay
             )

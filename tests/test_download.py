@@ -199,7 +199,7 @@ def test_local_truncated_or_missing_file_is_a_clear_error(tmp_path: Path, warc_b
     not_warc.write_text("hello")
     with pytest.raises(DownloadError, match=r"notes\.warc\.gz.*not a WARC"):
         fetch(str(not_warc), tmp_path / "out.warc.gz", FAST)
-    with pytest.raises(FileNotFoundError, match="missing.warc.gz"):
+    with pytest.raises(ValueError, match="missing.warc.gz: no such file"):
         describe_sources([str(tmp_path / "missing.warc.gz")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.warc.gz", "notes.warc.gz", "src"]
 
