@@ -104,8 +104,15 @@ def load_config(
 
     tree: dict[str, Any] = preset(preset_name) if preset_name else {}
     if path:
-        text = Path(path).read_text()
-        loaded = json.loads(text) if path.endswith(".json") else (yaml.safe_load(text) or {})
+        try:
+            text = Path(path).read_text()
+            loaded = json.loads(text) if path.endswith(".json") else (yaml.safe_load(text) or {})
+        except (OSError, ValueError, yaml.YAMLError) as exc:  # JSONDecodeError is a ValueError
+            raise SystemExit(f"--config {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise SystemExit(
+                f"--config {path}: wants a mapping of fields, got {type(loaded).__name__}"
+            )
         tree = deep_merge(tree, loaded)
     for item in overrides:
         if "=" not in item:
@@ -209,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.set, force, args.stop_after, args.preset)
     except ValidationError as err:
         print(_describe_errors(err), file=sys.stderr)
+        return 2
+    except SystemExit as bad:  # an unreadable --config, a malformed --set, an unknown preset
+        if not isinstance(bad.code, str):
+            raise
+        print(f"fineflow: {bad.code}", file=sys.stderr)
         return 2
 
     _quiet_prefect()

@@ -73,3 +73,44 @@ def test_a_config_read_back_from_json_caches_as_the_original(name):
             assert fingerprint(ours) == fingerprint(theirs), stage
     # defaults have their field's type: an int default of a float field would hash apart
     assert isinstance(PipelineConfig().filter.gopher_quality.min_avg_word_length, float)
+
+
+def test_sources_and_settings_that_cannot_work_fail_at_the_start(tmp_path, capsys):
+    """A missing WARC, two WARCs with one file name, no languages, an infinite backoff."""
+    here = tmp_path / "a.warc.gz"
+    here.write_bytes(b"")
+    for tree, field, says in [
+        ({"sources": {"warcs": [str(tmp_path / "gone.warc.gz")]}}, "sources.warcs", "no such file"),
+        (
+            {"sources": {"warcs": [str(here), "https://x.example/a.warc.gz"]}},
+            "sources.warcs",
+            "share the file name 'a.warc.gz'",
+        ),
+        ({"filter": {"language": {"languages": []}}}, "filter.language.languages", "at least 1"),
+        ({"url_filter": {"categories": []}}, "url_filter.categories", "at least 1"),
+        ({"download": {"backoff_s": "inf"}}, "download.backoff_s", "finite"),
+    ]:
+        with pytest.raises(ValidationError) as err:
+            PipelineConfig.model_validate(tree)
+        (e,) = err.value.errors()
+        assert ".".join(map(str, e["loc"])) == field and says in e["msg"], (tree, e)
+    # on the command line: one line naming the field, exit 2, nothing run
+    assert main(["run", "--set", f"sources.warcs=[{tmp_path / 'gone.warc.gz'}]"]) == 2
+    assert "sources.warcs: Value error, WARC source" in capsys.readouterr().err
+
+
+def test_an_unreadable_config_file_is_one_line_and_exit_2(tmp_path, capsys):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("train: [1,\n")
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    for argv, says in [
+        (["--config", str(tmp_path / "none.yaml")], "No such file"),
+        (["--config", str(bad_yaml)], "bad.yaml: while parsing"),
+        (["--config", str(listed)], "wants a mapping of fields, got list"),
+        (["--set", "train.steps"], "--set wants FIELD=VALUE"),
+        (["--preset", "nonexistent"], "no preset 'nonexistent'"),
+    ]:
+        assert main(["status", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fineflow: ") and says in err and "Traceback" not in err, err
