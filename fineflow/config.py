@@ -98,7 +98,6 @@ class UrlFilterConfig(_Config):
     )
     categories: list[str] = Field(
         default_factory=lambda: ["adult"],
-        min_length=1,  # none would read nothing from a UT1 directory or archive
         description="UT1 categories read from a directory or archive (e.g. adult/domains)",
     )
     banned_words: list[str] = Field(

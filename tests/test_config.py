@@ -87,7 +87,6 @@ def test_sources_and_settings_that_cannot_work_fail_at_the_start(tmp_path, capsy
             "share the file name 'a.warc.gz'",
         ),
         ({"filter": {"language": {"languages": []}}}, "filter.language.languages", "at least 1"),
-        ({"url_filter": {"categories": []}}, "url_filter.categories", "at least 1"),
         ({"download": {"backoff_s": "inf"}}, "download.backoff_s", "finite"),
     ]:
         with pytest.raises(ValidationError) as err:
