@@ -3,7 +3,7 @@
 A stage writes into a hidden temporary directory, then `commit()` hashes the files,
 writes `manifest.json` last and renames the directory into place, so a directory
 under its final name is always complete. A killed run leaves only a `.tmp-*`
-directory, which nothing trusts (and the next writer of that key removes).
+directory, which nothing trusts and the next writer of that key removes (ScratchDir).
 
 `key` is the stage's input fingerprint, so the same inputs always land in the same
 place; the manifest's `fingerprint` is the content hash of what was written.
@@ -12,6 +12,7 @@ place; the manifest's `fingerprint` is the content hash of what was written.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -113,10 +114,11 @@ class ArtifactWriter:
     def __init__(self, root: Path, stage: str, key: str, warc: str | None = None) -> None:
         self.root, self.stage, self.key, self.warc = Path(root), stage, key, warc
         self.final = layout.artifact_dir(self.root, stage, key)
-        self.tmp = self.final.parent / f".{key}.tmp-{uuid.uuid4().hex[:8]}"
+        self._scratch = ScratchDir(self.final)
+        self.tmp = self._scratch.path
 
     def __enter__(self) -> ArtifactWriter:
-        self.tmp.mkdir(parents=True)
+        self._scratch.open()
         return self
 
     def __exit__(
@@ -125,8 +127,7 @@ class ArtifactWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        self._scratch.close()
 
     def path(self, name: str) -> Path:
         """Where to write file `name` (inside the temporary directory)."""
@@ -167,6 +168,63 @@ class ArtifactWriter:
         _write_json_atomic(self.tmp / MANIFEST_NAME, manifest.model_dump(mode="json"))
         install(self.tmp, self.final, manifest)
         return manifest
+
+
+class ScratchDir:
+    """`.<key>.tmp-<id>` beside an artifact's final directory, locked while it is written.
+
+    The writer holds an `flock` on the directory itself (the OS drops it when the process
+    dies), so when a new writer of the key opens its own, every other `.<key>.tmp-*` that
+    it can lock belongs to a writer that was killed, and is removed with any `.<key>.old-*`
+    that `install` left behind; a live writer's (locked) is left alone.
+    """
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.path = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self._fd: int | None = None
+
+    def open(self) -> Path:
+        # locked under a name the sweep ignores, then renamed: a `.tmp-*` is never unlocked
+        # while its writer lives (the lock belongs to the directory, not to its name)
+        born = self.path.with_name(self.path.name.replace(".tmp-", ".new-", 1))
+        born.mkdir(parents=True)
+        self._fd = os.open(born, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)  # new and unique: never waits
+        born.rename(self.path)
+        self._sweep()
+        return self.path
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)  # gone already once installed
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _sweep(self) -> None:
+        name = self.final.name
+        for other in self.final.parent.glob(f".{name}.*"):
+            if other == self.path or not other.is_dir():
+                continue
+            trash = other.name.startswith(f".{name}.old-")
+            dead = other.name.startswith(f".{name}.tmp-") and _unlocked(other)
+            if trash or dead:
+                shutil.rmtree(other, ignore_errors=True)
+
+
+def _unlocked(directory: Path) -> bool:
+    """True if no live process holds `directory`'s flock (its writer was killed)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False  # gone meanwhile, or not ours to judge
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the probe's lock too
 
 
 def install(tmp: Path, final: Path, manifest: Manifest) -> None:

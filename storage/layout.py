@@ -2,7 +2,8 @@
 
 <data_root>/
   <stage>/<key>/…         artifacts, one directory per stage input fingerprint
-  <stage>/.<key>.tmp-*    unfinished writes (never trusted, removed on rewrite)
+  <stage>/.<key>.tmp-*    unfinished writes: never trusted; a killed writer's are removed by
+                          the next writer of the key
   _prefect/results/       Prefect result records (the task cache), beside the data
   _prefect/locks/         per-cache-key locks for overlapping runs
   report.md               the last run's report (a copy of the evaluate artifact's)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import shutil
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -44,7 +43,15 @@ from pathlib import Path
 from typing import Any
 
 from storage import layout
-from storage.artifacts import MANIFEST_NAME, Manifest, install, manifests, on_absent, verify
+from storage.artifacts import (
+    MANIFEST_NAME,
+    Manifest,
+    ScratchDir,
+    install,
+    manifests,
+    on_absent,
+    verify,
+)
 from storage.fingerprint import file_sha256
 
 log = logging.getLogger("fineflow.remote")
@@ -139,8 +146,8 @@ class Remote:
         if Manifest.model_validate_json(body) != m:
             raise RemoteMiss(f"{m.dir}: the manifest on {self.url} is another build")
         fs, base = self._fs()
-        final = layout.artifact_dir(root, m.stage, m.key)
-        tmp = final.parent / f".{m.key}.tmp-{uuid.uuid4().hex[:8]}"  # never trusted if killed
+        scratch = ScratchDir(layout.artifact_dir(root, m.stage, m.key))  # never trusted if killed
+        tmp = scratch.open()
         try:
             for f in m.files:
                 p = tmp / f.path
@@ -153,9 +160,9 @@ class Remote:
                     msg = f"{m.dir}/{f.path}: content on {self.url} does not match"
                     raise RemoteMiss(msg, broken=True)
             (tmp / MANIFEST_NAME).write_bytes(body)
-            install(tmp, final, m)
+            install(tmp, scratch.final, m)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            scratch.close()
 
     # -- cache records ------------------------------------------------------------------
 

@@ -340,11 +340,6 @@ def test_training_resumed_from_the_checkpoint_the_kill_left(runs):
     assert not work_dir(cfg.data_root, "train", train[0]).exists()  # removed once committed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="storage/artifacts.py and storage/layout.py say a killed run's `.tmp-*` "
-    "directory is removed by the next writer of that key; nothing removes it",
-)
 def test_a_killed_writers_tmp_directory_is_removed_by_the_next_writer(runs):
     root = runs["cfg"].data_root
     left = {

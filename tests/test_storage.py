@@ -86,3 +86,45 @@ def test_lock_excludes_other_processes_and_dies_with_its_holder(tmp_path):
     assert lm.is_lock_holder("k", "me")
     lm.release_lock("k", "me")
     assert not lm.is_locked("k")
+
+
+def test_a_killed_writers_scratch_is_swept_by_the_next_writer_of_its_key(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    # two writers of key "k" in other processes: one killed mid-write, one still writing
+    code = (
+        "import sys, time; from storage.artifacts import ArtifactWriter\n"
+        "w = ArtifactWriter(sys.argv[1], 'extract', 'k').__enter__()\n"
+        "w.path('docs.parquet').write_bytes(b'half')\n"
+        "print(w.tmp, flush=True); time.sleep(600)\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    killed, alive = (Path(p.stdout.readline().strip()) for p in procs)
+    try:
+        os.kill(procs[0].pid, signal.SIGKILL)
+        procs[0].wait()
+        other = ArtifactWriter(tmp_path, "extract", "other")  # another key: not its business
+        with other:
+            pass
+        assert killed.exists() and alive.exists()
+        (killed.parent / ".k.old-1234").mkdir()  # what an install killed mid-replace leaves
+        with ArtifactWriter(tmp_path, "extract", "k") as out:
+            out.path("docs.parquet").write_bytes(b"whole")
+            out.commit(None)
+        assert not killed.exists()  # dead writer: swept
+        assert not (killed.parent / ".k.old-1234").exists()
+        assert alive.exists() and (alive / "docs.parquet").read_bytes() == b"half"  # live: kept
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    left = {p.name for p in (tmp_path / "extract").iterdir()}
+    assert left == {"k", alive.name}  # the live writer's scratch outlives it only until the next
