@@ -159,6 +159,11 @@ def print_summary(result, cfg: PipelineConfig, seconds: float) -> None:
     if result.outputs.get("dedup") is not None:
         print(f"  {'extracted docs per WARC':<24} {root / 'extract'}/*/docs.parquet")
         print(f"  {'filtered docs per WARC':<24} {root / 'filter'}/*/docs.parquet")
+    if result.outputs.get("train") is not None:
+        print(
+            '\nsample it: fineflow sample "your prompt"; export it: fineflow export <dir> '
+            "(with this run's options)"
+        )
 
 
 def use_model(args: argparse.Namespace, cfg: PipelineConfig) -> int:
