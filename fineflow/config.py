@@ -331,6 +331,17 @@ class TrainConfig(_Config):
             raise ValueError("train.warmup_steps must be smaller than train.steps")
         return self
 
+    @model_validator(mode="after")
+    def _batch_tokens_divide(self) -> TrainConfig:
+        # the process count is checked at launch (training.loop.grad_accum_steps)
+        per_micro = self.batch_size * self.model.block_size
+        if self.batch_tokens is not None and self.batch_tokens % per_micro:
+            raise ValueError(
+                f"train.batch_tokens {self.batch_tokens} is not a multiple of train.batch_size"
+                f" {self.batch_size} x model.block_size {self.model.block_size} = {per_micro}"
+            )
+        return self
+
 
 class EvaluateConfig(_Config):
     prompts: list[str] = Field(

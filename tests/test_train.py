@@ -21,10 +21,11 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from fineflow.config import ModelConfig, TrainConfig
+from fineflow.config import ModelConfig, PipelineConfig, TrainConfig
 from fineflow.model import GPT
 from fineflow.training.checkpoint import checkpoint_path, checkpoints
 from fineflow.training.data import Prefetcher, WindowSampler, eval_windows, mean_loss
+from fineflow.training.launch import train_job
 from fineflow.training.loop import grad_accum_steps, lr_at, train
 from fineflow.training.runtime import Dist
 from storage import layout
@@ -138,6 +139,21 @@ def test_batch_tokens_sets_grad_accum() -> None:
     assert grad_accum_steps(tiny_train_config(grad_accum=5), 2) == 5  # no batch_tokens
     with pytest.raises(ValueError, match="not a multiple"):
         grad_accum_steps(cfg, 4)
+
+
+def test_batch_tokens_that_no_step_holds_fail_at_the_start(tmp_path: Path) -> None:
+    """At config validation (not once training began), naming the fields."""
+    with pytest.raises(ValueError, match="train.batch_tokens 100 is not a multiple of train.batch"):
+        tiny_train_config(batch_tokens=100)
+    with pytest.raises(ValueError, match="batch_size 4 x model.block_size 16 = 64"):
+        PipelineConfig.model_validate(
+            {"train": {"batch_size": 4, "batch_tokens": 96, "model": {"block_size": 16}}}
+        )
+    # the process count is known at launch: checked there, before torchrun starts anything
+    cfg = tiny_train_config(batch_tokens=4 * 16 * 6)
+    with pytest.raises(ValueError, match="x 4 process"):
+        train_job([], 64, cfg, tmp_path / "work", nproc=4)
+    assert not (tmp_path / "work").exists()
 
 
 def test_prefetcher_yields_the_sampler_order_per_rank() -> None:

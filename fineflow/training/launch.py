@@ -19,7 +19,7 @@ import torch
 from fineflow.config import TrainConfig
 from fineflow.model import GPT
 from fineflow.progress import Progress
-from fineflow.training.loop import TrainResult, train
+from fineflow.training.loop import TrainResult, grad_accum_steps, train
 
 RESULT = "result.pt"  # what torchrun's rank 0 hands back to the train task
 
@@ -40,6 +40,7 @@ def train_job(
     """
     from tasks.shard import read_shard
 
+    grad_accum_steps(cfg, nproc)  # batch_tokens must split over nproc: say so before torchrun
     if nproc == 1:
         return train(
             [read_shard(p) for p in shard_files],
