@@ -246,6 +246,24 @@ def test_checkpoint_from_another_config_is_refused(tmp_path: Path) -> None:
         train(_tokens(), 65, tiny_train_config(), tmp_path)
 
 
+def test_a_damaged_checkpoint_is_passed_over_for_an_older_whole_one(tmp_path: Path) -> None:
+    cfg = tiny_train_config()
+    whole = train(_tokens(), 64, cfg, tmp_path / "whole")
+    work = tmp_path / "damaged"
+    train(_tokens(), 64, cfg, work, stop_at=9)  # checkpoints at 4 and 8
+    newest = checkpoint_path(work, 8)
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated on disk
+    resumed = train(_tokens(), 64, cfg, work)  # from step 4, not a torch zip error
+    assert resumed.history == whole.history
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # none whole (an empty file): a fresh start, the same run
+    again = tmp_path / "empty"
+    train(_tokens(), 64, cfg, again, stop_at=5)
+    checkpoint_path(again, 4).write_bytes(b"")
+    assert train(_tokens(), 64, cfg, again).history == whole.history
+
+
 def test_loss_falls_on_repetitive_tokens(tmp_path: Path) -> None:
     pattern = np.random.default_rng(1).integers(0, 64, size=13)
     cfg = tiny_train_config(steps=40, log_every=10, lr=1e-2, warmup_steps=5)

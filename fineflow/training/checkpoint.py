@@ -116,13 +116,25 @@ def save_checkpoint(
     return path
 
 
+class UnreadableCheckpoint(ValueError):
+    """A checkpoint file that does not load (truncated or damaged on disk)."""
+
+
 def load_checkpoint(
     path: Path, model: GPT, opt: torch.optim.Optimizer, cfg: TrainConfig, device: torch.device
 ) -> TrainState:
-    """Restore model, optimizer and RNGs from `path`; refuse one from another config."""
+    """Restore model, optimizer and RNGs from `path`; refuse one from another config.
+
+    A file that does not load raises UnreadableCheckpoint before anything is restored.
+    """
     # Our own file from the work dir; it holds RNG states (tuples, numpy arrays) that the
     # weights-only unpickler refuses.
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # truncated zip, empty file, bad pickle: torch's errors vary
+        raise UnreadableCheckpoint(f"checkpoint {path} does not load: {exc}") from exc
+    if not isinstance(ckpt, dict) or "config" not in ckpt:
+        raise UnreadableCheckpoint(f"checkpoint {path} does not load: not a fineflow checkpoint")
     diffs = _config_diff(ckpt["config"], run_config(model, cfg))
     if diffs:
         raise ValueError(

@@ -27,7 +27,13 @@ from fineflow.config import TrainConfig
 from fineflow.devices import device_name, device_peak_flops, mfu
 from fineflow.model import GPT
 from fineflow.progress import Progress
-from fineflow.training.checkpoint import TrainState, checkpoints, load_checkpoint, save_checkpoint
+from fineflow.training.checkpoint import (
+    TrainState,
+    UnreadableCheckpoint,
+    checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fineflow.training.data import Prefetcher, WindowSampler
 from fineflow.training.runtime import SINGLE_PROCESS, Dist, autocast, setup_device
 
@@ -188,10 +194,15 @@ def train(
     opt = make_optimizer(model, cfg, device)
     accum = grad_accum_steps(cfg, dist.world)
     state = TrainState()
-    found = checkpoints(work)
-    if found:
-        state = load_checkpoint(found[-1], model, opt, cfg, device)
-        log.info("resuming from %s at step %d", found[-1], state.step)
+    for path in reversed(checkpoints(work)):  # the newest that loads; writes are atomic, so
+        try:  # a bad file is damage on disk, and an older one continues exactly as well
+            state = load_checkpoint(path, model, opt, cfg, device)
+        except UnreadableCheckpoint as err:
+            log.warning("%s; removed, trying an older one", err)
+            path.unlink(missing_ok=True)  # else keep_checkpoints could keep it over a good one
+            continue
+        log.info("resuming from %s at step %d", path, state.step)
+        break
     compiled = cfg.compile if cfg.compile is not None else device.type == "cuda"
     forward: Any = torch.compile(model) if compiled else model
     if dist.world > 1:
