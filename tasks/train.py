@@ -119,9 +119,16 @@ def train_model(root: str, shards: Manifest, tokenizer: Manifest, cfg: TrainConf
     work = layout.work_dir(Path(root), "train", key)
     vocab_size = _vocab_size(shards, tokenizer)
     nproc = process_count(cfg)
+    val_shards = [read_shard(p) for p in shard_paths(Path(root), shards, "val")]
+    if not any(len(s) >= 2 for s in val_shards):  # checked before training, not after it
+        tokens = sum(len(s) for s in val_shards)
+        raise ValueError(
+            f"shard artifact {shards.key}: the val split holds {tokens} token(s) in "
+            f"{len(val_shards)} shard(s), no target for the val loss; more data or a larger "
+            "shard.val_fraction"
+        )
     result = train_job(shard_paths(Path(root), shards, "train"), vocab_size, cfg, work, nproc)
 
-    val_shards = [read_shard(p) for p in shard_paths(Path(root), shards, "val")]
     max_val = VAL_BATCHES * cfg.batch_size * cfg.model.block_size
     device = pick_device(cfg.device)
     model = result.model.to(device)

@@ -331,6 +331,14 @@ def test_train_model_task(tmp_path: Path) -> None:
     assert rerun.fingerprint == manifest.fingerprint and rerun.stats == manifest.stats
 
 
+def test_a_val_split_without_targets_fails_before_training(tmp_path: Path) -> None:
+    tokenizer, shards, _ = make_upstream(tmp_path, DOCS * 6, [""])  # val: one <|endoftext|>
+    cfg = tiny_train_config(steps=4, warmup_steps=1)
+    with pytest.raises(ValueError, match="val split holds 1 token.*shard.val_fraction"):
+        train_model.fn(str(tmp_path), shards, tokenizer, cfg)
+    assert not (tmp_path / "train").exists()  # no steps run, no checkpoint written
+
+
 def test_peak_table_names_cards_and_knows_what_it_does_not_know() -> None:
     from fineflow.devices import mfu, peak_bf16_flops
 
