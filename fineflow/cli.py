@@ -176,9 +176,13 @@ def use_model(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         print(f"fineflow {args.command}: {err}", file=sys.stderr)
         return 2
     if args.command == "export":
-        from fineflow.export import describe_export, export
+        from fineflow.export import ModelDirError, describe_export, export
 
-        out = export(model_dir, args.out_dir)
+        try:
+            out = export(model_dir, args.out_dir)
+        except ModelDirError as err:  # a damaged model, or a directory not to write into
+            print(f"fineflow export: {err}", file=sys.stderr)
+            return 2
         print(f"wrote {out} ({describe_export(out)}) from {model_dir}")
         return 0
     from fineflow.sample import sample
@@ -186,12 +190,17 @@ def use_model(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     ecfg = (
         cfg.evaluate.model_copy(update={"prompts": args.prompts}) if args.prompts else cfg.evaluate
     )
-    print(describe_model(model_dir))
-    print(
-        f"{ecfg.max_new_tokens} new tokens, temperature {ecfg.temperature}, top-k {ecfg.top_k}, "
-        f"top-p {ecfg.top_p}, seed {ecfg.seed}"
-    )
-    for prompt, text in zip(ecfg.prompts, sample(model_dir, ecfg), strict=True):
+    try:
+        print(describe_model(model_dir))
+        print(
+            f"{ecfg.max_new_tokens} new tokens, temperature {ecfg.temperature}, "
+            f"top-k {ecfg.top_k}, top-p {ecfg.top_p}, seed {ecfg.seed}"
+        )
+        texts = sample(model_dir, ecfg)
+    except NoModel as err:  # its files do not load
+        print(f"fineflow sample: {err}", file=sys.stderr)
+        return 2
+    for prompt, text in zip(ecfg.prompts, texts, strict=True):
         print(f"\n>>> {prompt}\n{text}")
     return 0
 

@@ -29,6 +29,7 @@ import json
 import shutil
 import struct
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -129,24 +130,88 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def load_trained(train_dir: Path) -> GPT:
-    """The GPT in a train artifact directory (config.json + model.pt), on the CPU."""
-    spec = json.loads((train_dir / "config.json").read_text())["model"]
-    model = GPT.from_spec(spec)
-    model.load_state_dict(torch.load(train_dir / "model.pt", map_location="cpu", weights_only=True))
+    """The GPT in a train artifact directory (config.json + model.pt), on the CPU.
+
+    Files that do not load (damaged, or not a train artifact's) raise ModelDirError.
+    """
+    try:
+        spec = json.loads((train_dir / "config.json").read_text())["model"]
+        model = GPT.from_spec(spec)
+        weights = torch.load(train_dir / "model.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(weights)
+    except Exception as exc:  # JSON, a missing key, torch's unpickler: their errors vary
+        raise ModelDirError(
+            f"{train_dir} does not hold a loadable model (config.json + model.pt): "
+            f"{type(exc).__name__}: {str(exc)[:200]}"
+        ) from exc
     return model.eval()
+
+
+EXPORT_FILES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        TOKENIZER_JSON,
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    }
+)
+
+
+class ModelDirError(ValueError):
+    """A train artifact that does not load, or an export target that cannot be written."""
+
+
+def _check_target(out_dir: Path) -> None:
+    """out_dir is new, empty, or an earlier export (which is replaced); else ModelDirError."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ModelDirError(f"{out_dir} exists and is not a directory")
+    found = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    other = [name for name in found if name not in EXPORT_FILES]
+    if other:
+        raise ModelDirError(
+            f"{out_dir} holds files an export does not write ({', '.join(other[:5])}"
+            f"{', ...' if len(other) > 5 else ''}); give a new or empty directory"
+        )
 
 
 def export(train_dir: Path, out_dir: Path, tokenizer_json: Path | None = None) -> Path:
     """Write the HF directory for the train artifact at `train_dir`; returns out_dir.
 
     tokenizer_json: defaults to the train artifact's own copy (tokenizer.json).
+    out_dir must be new, empty or an earlier export, which is replaced whole. The files
+    are written into a scratch directory beside it and renamed into place, so a killed
+    export leaves no half-written model where from_pretrained would load it.
     """
     train_dir, out_dir = Path(train_dir), Path(out_dir)
+    _check_target(out_dir)
     model = load_trained(train_dir)
     tok_path = Path(tokenizer_json) if tokenizer_json else train_dir / TOKENIZER_JSON
-    vocab = json.loads(tok_path.read_text())
+    try:
+        vocab = json.loads(tok_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(f"{tok_path} is not a readable tokenizer.json: {exc}") from exc
     eot_id = next((t["id"] for t in vocab.get("added_tokens", []) if t["content"] == EOT), None)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    scratch.mkdir()
+    old = None
+    try:
+        _write_export(model, tok_path, eot_id, scratch)
+        if out_dir.exists():  # empty, or an earlier export (_check_target)
+            old = out_dir.with_name(scratch.name.replace(".tmp-", ".old-"))
+            out_dir.rename(old)
+        scratch.rename(out_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def _write_export(model: GPT, tok_path: Path, eot_id: int | None, out_dir: Path) -> None:
+    """The files of EXPORT_FILES into out_dir."""
     (out_dir / "config.json").write_text(json.dumps(hf_config(model, eot_id), indent=1) + "\n")
     gen = {"bos_token_id": eot_id, "eos_token_id": eot_id}
     (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=1) + "\n")
@@ -161,7 +226,6 @@ def export(train_dir: Path, out_dir: Path, tokenizer_json: Path | None = None) -
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=1) + "\n")
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=1) + "\n")
-    return out_dir
 
 
 def describe_export(out_dir: Path) -> str:

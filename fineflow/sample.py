@@ -55,15 +55,21 @@ def check_model_dir(path: Path) -> Path:
 
 def sample(model_dir: Path, cfg: EvaluateConfig, device: str = "auto") -> list[str]:
     """Each of cfg.prompts continued by the model in `model_dir`, as the evaluate stage does."""
-    from fineflow.export import load_trained
+    from fineflow.export import ModelDirError, load_trained
     from fineflow.training.runtime import pick_device
     from tasks.evaluate import sample_texts
     from tasks.tokenizer import EOT, TOKENIZER_JSON, load_tokenizer
 
     model_dir = check_model_dir(model_dir)
     dev = pick_device(device)
-    model = load_trained(model_dir).to(dev)
-    tok = load_tokenizer(model_dir / TOKENIZER_JSON)
+    try:
+        model = load_trained(model_dir).to(dev)
+    except ModelDirError as err:
+        raise NoModel(str(err)) from err
+    try:
+        tok = load_tokenizer(model_dir / TOKENIZER_JSON)
+    except Exception as exc:  # the tokenizers library raises a bare Exception on bad JSON
+        raise NoModel(f"{model_dir / TOKENIZER_JSON} does not load: {exc}") from exc
     eot_id = tok.token_to_id(EOT)
     if eot_id is None:
         raise NoModel(f"{model_dir / TOKENIZER_JSON} has no {EOT} token")
@@ -74,8 +80,12 @@ def describe_model(model_dir: Path) -> str:
     """One line: where the model is, its size and how long it trained."""
     import json
 
-    spec = json.loads((model_dir / "config.json").read_text())
-    m, t = spec["model"], spec.get("train", {})
+    try:
+        spec = json.loads((model_dir / "config.json").read_text())
+        m, t = spec["model"], spec.get("train", {})
+        m["n_layer"], m["n_embd"], m["block_size"], m["vocab_size"]  # noqa: B018
+    except (ValueError, KeyError, TypeError) as exc:
+        raise NoModel(f"{model_dir / 'config.json'} is not a train artifact's: {exc!r}") from exc
     shape = f"{m['n_layer']} layers x {m['n_embd']} wide, context {m['block_size']}"
     steps = f", {t['steps']} steps" if "steps" in t else ""
     return f"model {model_dir} ({shape}, vocab {m['vocab_size']}{steps})"

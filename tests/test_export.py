@@ -70,3 +70,49 @@ def test_a_spec_saved_before_the_model_options_loads_as_the_default_model() -> N
     model = GPT.from_spec({**old, "vocab_size": 64, "qk_norm": True})
     assert model.config.mlp == "relu2" and model.config.qk_norm
     assert set(hf_state_dict(model)) >= {"model.layers.0.self_attn.q_norm.weight"}
+
+
+def test_bad_model_dirs_and_export_targets_get_a_clear_refusal(tmp_path: Path, capsys) -> None:
+    """`fineflow sample` / `export` on damaged files, or into a directory not to write."""
+    from fineflow.cli import main as cli
+
+    tokenizer, shards, _ = make_upstream(tmp_path, DOCS * 6, DOCS[:3])
+    manifest = train_model.fn(str(tmp_path), shards, tokenizer, tiny_train_config(steps=3))
+    train_dir = tmp_path / manifest.dir
+    before = {p.name: p.read_bytes() for p in train_dir.iterdir()}
+
+    # into the train artifact itself: refused before its config.json is overwritten
+    assert cli(["export", str(train_dir), "--model", str(train_dir)]) == 2
+    assert "holds files an export does not write" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in train_dir.iterdir()} == before
+    # into a directory holding someone's files: refused, nothing mixed in
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert cli(["export", str(mine), "--model", str(train_dir)]) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    # an earlier export is replaced whole; no scratch directory is left beside it
+    out = tmp_path / "hf"
+    assert cli(["export", str(out), "--model", str(train_dir)]) == 0
+    (out / "model.safetensors").write_bytes(b"stale")
+    assert cli(["export", str(out), "--model", str(train_dir)]) == 0
+    assert (out / "model.safetensors").stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".hf")) == []
+
+    # damaged files: exit 2 naming the file, not a traceback from json, tokenizers or torch
+    for name, junk, says in (
+        ("tokenizer.json", "{not json", "tokenizer.json"),
+        ("model.pt", "not a zip", "does not hold a loadable model"),
+        ("config.json", "{}", "config.json"),
+    ):
+        bad = tmp_path / f"bad-{name}"
+        bad.mkdir()
+        for p in train_dir.iterdir():
+            (bad / p.name).write_bytes(p.read_bytes())
+        (bad / name).write_text(junk)
+        assert cli(["sample", "x", "--model", str(bad)]) == 2
+        assert says in capsys.readouterr().err
+        assert cli(["export", str(tmp_path / f"out-{name}"), "--model", str(bad)]) == 2
+        assert says in capsys.readouterr().err
+        assert not (tmp_path / f"out-{name}").exists()
