@@ -242,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the artifact's)")
     args = parser.parse_args(argv)
-    out = export(args.train_dir, args.out_dir, args.tokenizer)
+    try:
+        out = export(args.train_dir, args.out_dir, args.tokenizer)
+    except ModelDirError as err:
+        print(f"{parser.prog}: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {out} ({describe_export(out)})")
     return 0
 

@@ -116,3 +116,5 @@ def test_bad_model_dirs_and_export_targets_get_a_clear_refusal(tmp_path: Path, c
         assert cli(["export", str(tmp_path / f"out-{name}"), "--model", str(bad)]) == 2
         assert says in capsys.readouterr().err
         assert not (tmp_path / f"out-{name}").exists()
+    assert main([str(tmp_path / "bad-model.pt"), str(tmp_path / "m")]) == 2  # python -m ...
+    assert "does not hold a loadable model" in capsys.readouterr().err
