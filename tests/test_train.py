@@ -27,7 +27,7 @@ from fineflow.training.checkpoint import checkpoint_path, checkpoints
 from fineflow.training.data import Prefetcher, WindowSampler, eval_windows, mean_loss
 from fineflow.training.launch import train_job
 from fineflow.training.loop import grad_accum_steps, lr_at, train
-from fineflow.training.runtime import Dist
+from fineflow.training.runtime import Dist, process_count
 from storage import layout
 from storage.artifacts import ArtifactWriter, Manifest, verify
 from tasks.shard import encode_docs, read_shard, write_shard
@@ -329,6 +329,17 @@ def test_train_model_task(tmp_path: Path) -> None:
         shutil.copytree(tmp_path / upstream.dir, again / upstream.dir)
     rerun = train_model.fn(str(again), shards, tokenizer, cfg)
     assert rerun.fingerprint == manifest.fingerprint and rerun.stats == manifest.stats
+
+
+def test_more_processes_than_gpus_fail_at_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each rank takes cuda:<local_rank>; the card count is faked, this box has none."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match="train.nproc 3 is more than the 2 CUDA device"):
+        process_count(tiny_train_config(device="cuda", nproc=3))
+    assert process_count(tiny_train_config(device="cuda", nproc=2)) == 2
+    assert process_count(tiny_train_config(device="auto")) == 2
+    assert process_count(tiny_train_config(device="cpu", nproc=3)) == 3  # CPU ranks: gloo
 
 
 def test_a_val_split_without_targets_fails_before_training(tmp_path: Path) -> None:

@@ -58,10 +58,13 @@ def setup_device(cfg: TrainConfig, dist: Dist = SINGLE_PROCESS) -> torch.device:
 
 def process_count(cfg: TrainConfig) -> int:
     """How many training processes: cfg.nproc, else one per CUDA GPU (1 without CUDA)."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if cfg.nproc is not None:
+        if cfg.device in ("auto", "cuda") and gpus and cfg.nproc > gpus:  # one GPU per rank
+            raise ValueError(f"train.nproc {cfg.nproc} is more than the {gpus} CUDA device(s)")
         return cfg.nproc
-    if cfg.device in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.cuda.device_count()
+    if cfg.device in ("auto", "cuda") and gpus:
+        return gpus
     return 1
 
 
