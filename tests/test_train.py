@@ -264,6 +264,15 @@ def test_a_damaged_checkpoint_is_passed_over_for_an_older_whole_one(tmp_path: Pa
     assert train(_tokens(), 64, cfg, again).history == whole.history
 
 
+def test_resuming_with_another_process_count_is_refused_unless_batch_tokens(
+    tmp_path: Path,
+) -> None:
+    """nproc None resumes on however many GPUs there are now: a step's tokens would change."""
+    train(_tokens(), 64, tiny_train_config(), tmp_path, stop_at=5)
+    with pytest.raises(ValueError, match="written by 1 process.*this run has 2.*batch_tokens"):
+        train(_tokens(), 64, tiny_train_config(), tmp_path, dist=Dist(0, 2, 0))
+
+
 def test_loss_falls_on_repetitive_tokens(tmp_path: Path) -> None:
     pattern = np.random.default_rng(1).integers(0, 64, size=13)
     cfg = tiny_train_config(steps=40, log_every=10, lr=1e-2, warmup_steps=5)

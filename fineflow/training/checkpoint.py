@@ -121,7 +121,12 @@ class UnreadableCheckpoint(ValueError):
 
 
 def load_checkpoint(
-    path: Path, model: GPT, opt: torch.optim.Optimizer, cfg: TrainConfig, device: torch.device
+    path: Path,
+    model: GPT,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    device: torch.device,
+    dist: Dist = SINGLE_PROCESS,
 ) -> TrainState:
     """Restore model, optimizer and RNGs from `path`; refuse one from another config.
 
@@ -140,6 +145,13 @@ def load_checkpoint(
         raise ValueError(
             f"checkpoint {path} was written by a different configuration ({'; '.join(diffs)}); "
             "delete it to start over, or rerun with the configuration it was written with"
+        )
+    saved_world = ckpt.get("loader", {}).get("world", dist.world)
+    if cfg.batch_tokens is None and saved_world != dist.world:  # batch_tokens: same windows
+        raise ValueError(
+            f"checkpoint {path} was written by {saved_world} process(es), this run has "
+            f"{dist.world}: without train.batch_tokens a step's tokens scale with the process "
+            "count; run with as many processes (train.nproc), or set train.batch_tokens"
         )
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])

@@ -196,7 +196,7 @@ def train(
     state = TrainState()
     for path in reversed(checkpoints(work)):  # the newest that loads; writes are atomic, so
         try:  # a bad file is damage on disk, and an older one continues exactly as well
-            state = load_checkpoint(path, model, opt, cfg, device)
+            state = load_checkpoint(path, model, opt, cfg, device, dist)
         except UnreadableCheckpoint as err:
             log.warning("%s; removed, trying an older one", err)
             path.unlink(missing_ok=True)  # else keep_checkpoints could keep it over a good one
