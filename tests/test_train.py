@@ -255,6 +255,7 @@ def test_a_damaged_checkpoint_is_passed_over_for_an_older_whole_one(tmp_path: Pa
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated on disk
     resumed = train(_tokens(), 64, cfg, work)  # from step 4, not a torch zip error
     assert resumed.history == whole.history
+    assert newest.with_name(newest.name + ".unreadable").stat().st_size == 1000  # kept aside
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     # none whole (an empty file): a fresh start, the same run

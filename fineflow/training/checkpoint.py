@@ -134,8 +134,12 @@ def load_checkpoint(
     """
     # Our own file from the work dir; it holds RNG states (tuples, numpy arrays) that the
     # weights-only unpickler refuses.
+    # Loaded to host memory first (load_state_dict copies onto the device), so a full GPU
+    # is an error of its own and never mistaken for a damaged file.
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except MemoryError:
+        raise
     except Exception as exc:  # truncated zip, empty file, bad pickle: torch's errors vary
         raise UnreadableCheckpoint(f"checkpoint {path} does not load: {exc}") from exc
     if not isinstance(ckpt, dict) or "config" not in ckpt:

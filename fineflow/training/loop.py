@@ -198,8 +198,11 @@ def train(
         try:  # a bad file is damage on disk, and an older one continues exactly as well
             state = load_checkpoint(path, model, opt, cfg, device, dist)
         except UnreadableCheckpoint as err:
-            log.warning("%s; removed, trying an older one", err)
-            path.unlink(missing_ok=True)  # else keep_checkpoints could keep it over a good one
+            # set aside, not deleted (no longer a ckpt_*.pt, so pruning never keeps it over
+            # a good one); the work dir goes once the model is committed
+            aside = path.with_name(path.name + ".unreadable")
+            path.replace(aside)
+            log.warning("%s; set aside as %s, trying an older one", err, aside.name)
             continue
         log.info("resuming from %s at step %d", path, state.step)
         break
