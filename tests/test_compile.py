@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train import tiny_train_config
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
 
-from fineflow.config import ModelConfig, TrainConfig
+from fineflow.config import ModelConfig
 from fineflow.model import GPT
 from fineflow.training.loop import train
 
@@ -135,16 +136,7 @@ def test_the_comparison_catches_a_small_change() -> None:
 def test_train_compiled_follows_the_eager_run(tmp_path: Path) -> None:
     pattern = np.random.default_rng(1).integers(0, VOCAB, size=13)
     tokens = [np.tile(pattern, 60).astype(np.uint16)]
-    cfg = TrainConfig(
-        model=SMALL,
-        steps=8,
-        batch_size=4,
-        lr=1e-2,
-        warmup_steps=2,
-        log_every=1,
-        checkpoint_every=8,
-        device="cpu",
-    )
+    cfg = tiny_train_config(model=SMALL, steps=8, log_every=1, checkpoint_every=8)
     eager = train(tokens, VOCAB, cfg.model_copy(update={"compile": False}), tmp_path / "eager")
     compiled = train(tokens, VOCAB, cfg.model_copy(update={"compile": True}), tmp_path / "compiled")
     assert eager.info["compiled"] is False and compiled.info["compiled"] is True
