@@ -168,37 +168,29 @@ def print_summary(result, cfg: PipelineConfig, seconds: float) -> None:
 
 def use_model(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     """`sample` and `export`: the config's trained model (or --model), used; nothing runs."""
-    from fineflow.sample import NoModel, check_model_dir, describe_model, trained_model_dir
+    from fineflow.sample import ModelDirError, check_model_dir, describe_model, trained_model_dir
 
-    try:
+    try:  # no trained model, a damaged one, or an export target not to write into
         model_dir = check_model_dir(args.model) if args.model else trained_model_dir(cfg)
-    except NoModel as err:
-        print(f"fineflow {args.command}: {err}", file=sys.stderr)
-        return 2
-    if args.command == "export":
-        from fineflow.export import ModelDirError, describe_export, export
+        if args.command == "export":
+            from fineflow.export import describe_export, export
 
-        try:
             out = export(model_dir, args.out_dir)
-        except ModelDirError as err:  # a damaged model, or a directory not to write into
-            print(f"fineflow export: {err}", file=sys.stderr)
-            return 2
-        print(f"wrote {out} ({describe_export(out)}) from {model_dir}")
-        return 0
-    from fineflow.sample import sample
+            print(f"wrote {out} ({describe_export(out)}) from {model_dir}")
+            return 0
+        from fineflow.sample import sample
 
-    ecfg = (
-        cfg.evaluate.model_copy(update={"prompts": args.prompts}) if args.prompts else cfg.evaluate
-    )
-    try:
+        ecfg = cfg.evaluate
+        if args.prompts:
+            ecfg = ecfg.model_copy(update={"prompts": args.prompts})
         print(describe_model(model_dir))
         print(
             f"{ecfg.max_new_tokens} new tokens, temperature {ecfg.temperature}, "
             f"top-k {ecfg.top_k}, top-p {ecfg.top_p}, seed {ecfg.seed}"
         )
         texts = sample(model_dir, ecfg)
-    except NoModel as err:  # its files do not load
-        print(f"fineflow sample: {err}", file=sys.stderr)
+    except ModelDirError as err:
+        print(f"fineflow {args.command}: {err}", file=sys.stderr)
         return 2
     for prompt, text in zip(ecfg.prompts, texts, strict=True):
         print(f"\n>>> {prompt}\n{text}")

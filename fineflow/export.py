@@ -29,13 +29,13 @@ import json
 import shutil
 import struct
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fineflow.model import GPT, RMS_EPS, ROPE_BASE, mlp_hidden
+from storage.artifacts import ScratchDir, install
 
 TOKENIZER_JSON = "tokenizer.json"
 EOT = "<|endoftext|>"
@@ -160,7 +160,8 @@ EXPORT_FILES = frozenset(
 
 
 class ModelDirError(ValueError):
-    """A train artifact that does not load, or an export target that cannot be written."""
+    """No trained model where one was asked for, one that does not load, or an export
+    target that cannot be written; the message says which and what to do."""
 
 
 def _check_target(out_dir: Path) -> None:
@@ -193,20 +194,14 @@ def export(train_dir: Path, out_dir: Path, tokenizer_json: Path | None = None) -
     except (OSError, ValueError) as exc:
         raise ModelDirError(f"{tok_path} is not a readable tokenizer.json: {exc}") from exc
     eot_id = next((t["id"] for t in vocab.get("added_tokens", []) if t["content"] == EOT), None)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    scratch.mkdir()
-    old = None
+    # the artifact store's scratch-then-rename: an earlier export (or an empty dir) is
+    # replaced whole, a killed export leaves only a `.tmp-*` the next export removes
+    scratch = ScratchDir(out_dir)
     try:
-        _write_export(model, tok_path, eot_id, scratch)
-        if out_dir.exists():  # empty, or an earlier export (_check_target)
-            old = out_dir.with_name(scratch.name.replace(".tmp-", ".old-"))
-            out_dir.rename(old)
-        scratch.rename(out_dir)
+        _write_export(model, tok_path, eot_id, scratch.open())
+        install(scratch.path, out_dir)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        scratch.close()
     return out_dir
 
 

@@ -19,12 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fineflow.config import EvaluateConfig, PipelineConfig
+from fineflow.export import ModelDirError
 
 TRAIN_FILES = ("model.pt", "config.json", "tokenizer.json")
-
-
-class NoModel(LookupError):
-    """No trained model where one was asked for; the message says what to do."""
 
 
 def trained_model_dir(cfg: PipelineConfig) -> Path:
@@ -36,7 +33,7 @@ def trained_model_dir(cfg: PipelineConfig) -> Path:
     train = {s.stage: s for s in pipeline_status(lookup)}.get("train")
     if train is None or train.output is None or train.summary not in (CACHED, RESTORES):
         state = train.summary if train is not None else "not reached"
-        raise NoModel(
+        raise ModelDirError(
             f"no trained model for this configuration in {cfg.data_root} (train: {state}); "
             "run `fineflow run` with the same options first, or give --model data/train/<key>"
         )
@@ -46,33 +43,30 @@ def trained_model_dir(cfg: PipelineConfig) -> Path:
 
 
 def check_model_dir(path: Path) -> Path:
-    """`path` if it holds a train artifact's files, else NoModel naming what is missing."""
+    """`path` if it holds a train artifact's files, else ModelDirError naming what is missing."""
     missing = [name for name in TRAIN_FILES if not (Path(path) / name).is_file()]
     if missing:
-        raise NoModel(f"{path} is not a train artifact directory: no {', '.join(missing)}")
+        raise ModelDirError(f"{path} is not a train artifact directory: no {', '.join(missing)}")
     return Path(path)
 
 
 def sample(model_dir: Path, cfg: EvaluateConfig, device: str = "auto") -> list[str]:
     """Each of cfg.prompts continued by the model in `model_dir`, as the evaluate stage does."""
-    from fineflow.export import ModelDirError, load_trained
+    from fineflow.export import load_trained
     from fineflow.training.runtime import pick_device
     from tasks.evaluate import sample_texts
     from tasks.tokenizer import EOT, TOKENIZER_JSON, load_tokenizer
 
     model_dir = check_model_dir(model_dir)
     dev = pick_device(device)
-    try:
-        model = load_trained(model_dir).to(dev)
-    except ModelDirError as err:
-        raise NoModel(str(err)) from err
+    model = load_trained(model_dir).to(dev)
     try:
         tok = load_tokenizer(model_dir / TOKENIZER_JSON)
     except Exception as exc:  # the tokenizers library raises a bare Exception on bad JSON
-        raise NoModel(f"{model_dir / TOKENIZER_JSON} does not load: {exc}") from exc
+        raise ModelDirError(f"{model_dir / TOKENIZER_JSON} does not load: {exc}") from exc
     eot_id = tok.token_to_id(EOT)
     if eot_id is None:
-        raise NoModel(f"{model_dir / TOKENIZER_JSON} has no {EOT} token")
+        raise ModelDirError(f"{model_dir / TOKENIZER_JSON} has no {EOT} token")
     return sample_texts(model, tok, eot_id, cfg, dev)
 
 
@@ -83,9 +77,10 @@ def describe_model(model_dir: Path) -> str:
     try:
         spec = json.loads((model_dir / "config.json").read_text())
         m, t = spec["model"], spec.get("train", {})
-        m["n_layer"], m["n_embd"], m["block_size"], m["vocab_size"]  # noqa: B018
+        shape = f"{m['n_layer']} layers x {m['n_embd']} wide, context {m['block_size']}"
+        steps = f", {t['steps']} steps" if "steps" in t else ""
+        return f"model {model_dir} ({shape}, vocab {m['vocab_size']}{steps})"
     except (ValueError, KeyError, TypeError) as exc:
-        raise NoModel(f"{model_dir / 'config.json'} is not a train artifact's: {exc!r}") from exc
-    shape = f"{m['n_layer']} layers x {m['n_embd']} wide, context {m['block_size']}"
-    steps = f", {t['steps']} steps" if "steps" in t else ""
-    return f"model {model_dir} ({shape}, vocab {m['vocab_size']}{steps})"
+        raise ModelDirError(
+            f"{model_dir / 'config.json'} is not a train artifact's: {exc!r}"
+        ) from exc

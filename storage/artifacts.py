@@ -227,14 +227,15 @@ def _unlocked(directory: Path) -> bool:
         os.close(fd)  # closing drops the probe's lock too
 
 
-def install(tmp: Path, final: Path, manifest: Manifest) -> None:
-    """Move a complete artifact directory (manifest.json inside) to its final name."""
+def install(tmp: Path, final: Path, manifest: Manifest | None = None) -> None:
+    """Move a complete directory (an artifact's: manifest.json inside) to its final name."""
     if final.exists():  # an older, possibly tampered copy: replace it whole
         trash = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
         final.rename(trash)
         shutil.rmtree(trash, ignore_errors=True)
     tmp.rename(final)
-    _remember_verified(final, manifest)
+    if manifest is not None:
+        _remember_verified(final, manifest)
 
 
 def manifests(result: Any) -> list[Manifest]:
