@@ -73,13 +73,14 @@ def lookup(task: Any, cfg: PipelineConfig, stage: str, *args: Any) -> tuple[str,
         result = ResultRecord.deserialize(body).result
     except Exception:
         return (STALE, None) if local else (RUNS, None)
-    # as Remote.restore decides: each artifact intact here, or held by the remote
-    missing = [m for m in manifests(result) if verify(root, m)]
-    if missing and remote is not None and all(map(remote.holds, missing)):
-        return RESTORES, result
-    if missing:
-        return (STALE, None) if local else (RUNS, None)
-    return (CACHED, result) if local else (RESTORES, result)
+    if remote is not None:  # as Remote.restore decides
+        held = remote.held(root, result)
+        if held is None:
+            return (STALE, None) if local else (RUNS, None)
+        return (CACHED, result) if local and not held else (RESTORES, result)
+    if any(verify(root, m) for m in manifests(result)):
+        return STALE, None
+    return CACHED, result
 
 
 def pipeline_status(cfg: PipelineConfig) -> list[StageStatus]:

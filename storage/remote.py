@@ -219,6 +219,18 @@ class Remote:
             fs.rm_file(f"{base}/{m.dir}/{MANIFEST_NAME}")
         log.warning("%s: remote files do not match their manifest; manifest removed", m.dir)
 
+    def held(self, root: Path, result: Any) -> set[str] | None:
+        """The dirs of `result`'s artifacts that only the remote holds (the rest are intact
+        under `root`); None if one is neither. What `fineflow status` predicts with, too."""
+        held = set()
+        for m in manifests(result):
+            if verify(root, m) is None:
+                continue
+            if not self.holds(m):
+                return None
+            held.add(m.dir)
+        return held
+
     def _usable_record(self, root: Path, cache_key: str) -> set[str] | None:
         """The dirs of the record's artifacts that only the remote holds; None if unusable.
 
@@ -231,14 +243,10 @@ class Remote:
         body = local.read_bytes() if local.is_file() else self.record(cache_key)
         if body is None:
             return None
-        held = set()
-        for m in manifests(ResultRecord.deserialize(body).result):
-            if verify(root, m) is None:
-                continue
-            if not self.holds(m):
-                log.warning("%s: neither intact here nor on %s; the stage runs", m.dir, self.url)
-                return None
-            held.add(m.dir)
+        held = self.held(root, ResultRecord.deserialize(body).result)
+        if held is None:
+            log.warning("record %s: an artifact is neither here nor on %s", cache_key, self.url)
+            return None
         if not local.is_file():
             local.parent.mkdir(parents=True, exist_ok=True)
             tmp = local.with_name(f".{cache_key}.{uuid.uuid4().hex[:8]}")
