@@ -1,13 +1,16 @@
 """Where a WARC location points: a local file (plain path or file://) or a remote URL,
-and the file name its per-WARC artifacts are stored under. Standard library only, so the
-config can check its sources at the start (fineflow.config) and the download stage can
-use the same rules (tasks/download.py)."""
+and the safe file name its per-WARC artifacts are stored under. Standard library and
+storage.names only, so the config can check its sources at the start (fineflow.config)
+and the download stage can use the same rules (tasks/download.py)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
+
+from storage.names import safe_name
 
 
 def local_path(uri: str) -> Path | None:
@@ -22,8 +25,8 @@ def local_path(uri: str) -> Path | None:
     return None
 
 
-def source_name(uri: str) -> str:
-    """The file name a location is stored under (its last path segment)."""
+def _last_segment(uri: str) -> str:
+    """The location's last path segment, URL-decoded: input text, never a path as it is."""
     path = local_path(uri)
     name = path.name if path is not None else unquote(PurePosixPath(urlsplit(uri).path).name)
     if not name:
@@ -31,17 +34,37 @@ def source_name(uri: str) -> str:
     return name
 
 
+def source_name(uri: str) -> str:
+    """The safe file name a location is stored under: its last path segment, made one safe
+    name (storage.names.safe_name: `a%2F..%2Fx.warc.gz` never becomes a path)."""
+    return safe_name(_last_segment(uri), default="warc")
+
+
+def source_names(uris: list[str]) -> list[str]:
+    """A unique safe name per location, in order. Two locations whose names collide
+    (`https://a/x.warc.gz`, `https://b/x.warc.gz`) keep the first's name and give each later
+    one `-<8 hex of sha256(uri)>`, so appending a source never renames an earlier one."""
+    names: list[str] = []
+    taken: set[str] = set()
+    for uri in uris:
+        name = source_name(uri)
+        if name in taken:
+            tag = hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+            stem, dot, ext = name.partition(".")
+            name = f"{stem}-{tag}{dot}{ext}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
 def check_sources(uris: list[str]) -> None:
-    """Raise ValueError for a local WARC that is not there or two sources with one file name."""
-    seen: dict[str, str] = {}
+    """Raise ValueError for a local WARC that is not there, or one location listed twice."""
+    seen: set[str] = set()
     for uri in uris:
         path = local_path(uri)
         if path is not None and not path.is_file():
             raise ValueError(f"WARC source {uri}: no such file {path}")
-        name = source_name(uri)
-        if name in seen:
-            raise ValueError(
-                f"two WARC sources share the file name {name!r}: {seen[name]} and {uri}; "
-                "per-WARC artifacts are named by file name, so rename one"
-            )
-        seen[name] = uri
+        if uri in seen:
+            raise ValueError(f"WARC source {uri} is listed twice; list each WARC once")
+        seen.add(uri)
+        source_name(uri)  # a location with no file name fails here

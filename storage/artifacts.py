@@ -22,10 +22,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from storage import layout
 from storage.fingerprint import file_sha256, fingerprint
+from storage.names import inside
 
 MANIFEST_NAME = "manifest.json"
 _VERIFIED_NAME = ".verified.json"  # (size, mtime) seen at the last full check; not content
@@ -37,6 +38,15 @@ class FileEntry(BaseModel):
     path: str  # relative to the artifact directory
     bytes: int
     sha256: str
+
+    @field_validator("path")
+    @classmethod
+    def _relative_and_inside(cls, v: str) -> str:
+        # a manifest read back from disk or a bucket names files; it never names a way out
+        parts = v.split("/")
+        if not v or v.startswith("/") or "\\" in v or "\0" in v or ".." in parts or "" in parts:
+            raise ValueError(f"artifact file path {v!r} is not a plain relative path")
+        return v
 
 
 class Manifest(BaseModel):
@@ -130,9 +140,11 @@ class ArtifactWriter:
         self._scratch.close()
 
     def path(self, name: str) -> Path:
-        """Where to write file `name` (inside the temporary directory)."""
-        p = self.tmp / name
+        """Where to write file `name` (inside the temporary directory; PathEscape if it
+        would resolve anywhere else: an absolute name, `..`, a symlink out)."""
+        p = inside(self.tmp, Path(name))
         p.parent.mkdir(parents=True, exist_ok=True)
+        inside(self.tmp, p)  # a symlinked parent directory is seen once it exists
         return p
 
     def commit(

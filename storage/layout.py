@@ -6,7 +6,6 @@
                           the next writer of the key
   _prefect/results/       Prefect result records (the task cache), beside the data
   _prefect/locks/         per-cache-key locks for overlapping runs
-  report.md               the last run's report (a copy of the evaluate artifact's)
 
 A remote data root (an fsspec URL, `storage.remote`) has the same layout; its local
 working copy defaults to `~/.cache/fineflow/<scheme>/<bucket>/<prefix>` ($XDG_CACHE_HOME).
@@ -17,8 +16,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from storage.names import PathEscape, safe_name
+
 
 def artifact_dir(root: Path, stage: str, key: str) -> Path:
+    """`<root>/<stage>/<key>`; both must be single safe names (PathEscape otherwise)."""
+    for part in (stage, key):
+        if safe_name(part) != part:
+            raise PathEscape(f"artifact path part {part!r} is not a single safe file name")
     return Path(root) / stage / key
 
 

@@ -53,6 +53,7 @@ from storage.artifacts import (
     verify,
 )
 from storage.fingerprint import file_sha256
+from storage.names import inside
 
 log = logging.getLogger("fineflow.remote")
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+://")
@@ -150,7 +151,7 @@ class Remote:
         tmp = scratch.open()
         try:
             for f in m.files:
-                p = tmp / f.path
+                p = inside(tmp, Path(f.path))
                 p.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     fs.get_file(f"{base}/{m.dir}/{f.path}", str(p))

@@ -39,7 +39,7 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict
 
 from fineflow.config import CommonCrawlConfig, DownloadConfig
-from fineflow.sources import check_sources, local_path, source_name
+from fineflow.sources import check_sources, local_path, source_names
 from storage.artifacts import ArtifactWriter, Manifest, stage_key
 from storage.fingerprint import file_sha256
 from tasks.warc import IntegrityReport, WarcFormatError, check_integrity
@@ -80,13 +80,13 @@ class WarcSource(BaseModel):
 
 
 def describe_sources(uris: list[str]) -> list[WarcSource]:
-    """A WarcSource per location; local files get their sha256; names must be unique."""
+    """A WarcSource per location: a unique safe file name; local files get their sha256."""
     check_sources(uris)  # the config checked its own list; a Common Crawl slice joins here
     sources = []
-    for uri in uris:
+    for uri, name in zip(uris, source_names(uris), strict=True):
         path = local_path(uri)
         digest = file_sha256(path) if path is not None else None
-        sources.append(WarcSource(uri=uri, name=source_name(uri), content_sha256=digest))
+        sources.append(WarcSource(uri=uri, name=name, content_sha256=digest))
     return sources
 
 
@@ -356,4 +356,5 @@ def download_warc(root: str, source: WarcSource, cfg: DownloadConfig) -> Manifes
             "members": report.members,
             "corrupt_members": report.corrupt_members,
         }
-        return out.commit(source, counts=counts, stats={"format": report.format})
+        stats = {"format": report.format, "source_uri": source.uri}  # before it was made safe
+        return out.commit(source, counts=counts, stats=stats)

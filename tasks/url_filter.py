@@ -282,7 +282,8 @@ def fetch_blocklist(root: Path, uri: str, cfg: DownloadConfig | None = None) -> 
     """The local copy of a remote blocklist, fetched once into `<root>/blocklist/<key>/`."""
     # Reuses the download stage's streaming and retries; the WARC integrity check does
     # not apply to a list, so this does not go through tasks.download.fetch itself.
-    from tasks.download import _open_stream, _with_retries, source_name
+    from fineflow.sources import source_name
+    from tasks.download import _open_stream, _with_retries
 
     cfg = cfg or DownloadConfig()
     key = stage_key(1, uri)

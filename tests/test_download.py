@@ -18,7 +18,6 @@ from fineflow.config import CommonCrawlConfig, DownloadConfig
 from storage.artifacts import verify
 from tasks.download import (
     DownloadError,
-    WarcSource,
     describe_sources,
     download_warc,
     fetch,
@@ -204,11 +203,11 @@ def test_local_truncated_or_missing_file_is_a_clear_error(tmp_path: Path, warc_b
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.warc.gz", "notes.warc.gz", "src"]
 
 
-def test_source_names_must_be_unique(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="a.warc.gz"):
-        describe_sources(["https://x.example/1/a.warc.gz", "https://x.example/2/a.warc.gz"])
-    s = WarcSource(uri="https://x.example/a%20b.warc.gz", name="a b.warc.gz")
-    assert describe_sources([s.uri]) == [s]
+def test_source_names_are_unique_and_safe(tmp_path: Path) -> None:
+    one, two = describe_sources(["https://x.example/1/a.warc.gz", "https://x.example/2/a.warc.gz"])
+    assert one.name == "a.warc.gz" and two.name.startswith("a-") and two.name != one.name
+    (s,) = describe_sources(["https://x.example/a%20b.warc.gz"])
+    assert s.name.startswith("a_b-") and s.name.endswith(".warc.gz")  # tests/test_names.py
 
 
 def test_fsspec_sources(tmp_path: Path, warc_bytes: bytes) -> None:
