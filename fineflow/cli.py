@@ -6,6 +6,10 @@
     fineflow sample [PROMPT ...] [...]   continue prompts with the model the config trained
     fineflow export OUT_DIR [...]  that model as a Hugging Face transformers directory
 
+Exit status of run/rerun: 0 every WARC made it; 3 the run finished but some WARCs
+failed and were left out (named at the end); 1 the run failed; 2 a bad config or
+command line (nothing ran).
+
 The config file is JSON or YAML shaped like PipelineConfig; `--set` overrides one
 field by its dotted name. A bad value fails before anything runs, naming the field.
 """
@@ -62,11 +66,14 @@ def prefect_api() -> Iterator[None]:
     server.start()
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield
-            # Send what is queued while the server still listens; otherwise the
-            # workers retry against a closed port for a minute at exit.
-            APILogWorker.drain_all(timeout=15)
-            EventsWorker.drain_all(timeout=15)
+            try:
+                yield
+            finally:
+                # Send what is queued while the server still listens, whether the run
+                # worked or not; otherwise the workers retry against a closed port for
+                # over a minute at exit.
+                APILogWorker.drain_all(timeout=5)
+                EventsWorker.drain_all(timeout=5)
     finally:
         server.stop()
 
@@ -147,7 +154,7 @@ def print_summary(result, cfg: PipelineConfig, seconds: float) -> None:
         f"\nfineflow: {len(result.lines)} stages, {ran} ran, "
         f"{len(result.lines) - ran} cached, {seconds:.1f}s in all"
     )
-    print(f"{'stage':<11} {'status':<10} {'seconds':>8}  key figure")
+    print(f"{'stage':<11} {'status':<16} {'seconds':>8}  key figure")
     for line in result.lines:
         print(line)
     root = cfg.data_root
@@ -215,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
         p.add_argument("--force", action="append", default=[], choices=STAGES)
         p.add_argument("--stop-after", choices=STAGES)
+        if name in ("run", "rerun"):
+            p.add_argument("--debug", action="store_true", help="tracebacks in the terminal too")
     args = parser.parse_args(argv)
 
     force = args.force + ([args.stage] if args.command == "rerun" else [])
@@ -230,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     _quiet_prefect()
+    if args.command in ("run", "rerun"):
+        return run(cfg, debug=args.debug)
     if args.command == "status":
         from fineflow.status import describe
 
@@ -237,13 +248,74 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command in ("sample", "export"):
         return use_model(args, cfg)
+    raise AssertionError(args.command)
+
+
+# Exit codes of `fineflow run` (README, "Bad input and exit codes").
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+def run(cfg: PipelineConfig, debug: bool = False) -> int:
+    """Run the pipeline; print the summary, or one block saying what failed and what to do."""
+    from fineflow import logs
+
+    log_file = logs.setup(cfg.data_root, debug=debug)  # before Prefect is imported
     from flows.pipeline import pipeline  # imports Prefect: after the config is known good
 
     start = time.monotonic()
-    with prefect_api():
-        result = pipeline(cfg)
+    try:
+        with prefect_api():
+            result = pipeline(cfg)
+    except KeyboardInterrupt:
+        print(f"\nfineflow: interrupted; what finished stays cached. Log: {log_file}")
+        return 130
+    except Exception as exc:
+        print(failure_block(exc, log_file, debug), file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        logs.forget(log_file)
     print_summary(result, cfg, time.monotonic() - start)
-    return 0
+    if result.failures:
+        print(failed_warcs_block(result.failures, result.warcs, log_file))
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def failure_block(exc: BaseException, log_file: Path, debug: bool) -> str:
+    """The stage, the WARC, the reason in words and what to do; the traceback stays in the log."""
+    import traceback
+
+    from flows.summary import explain
+
+    reason, hint = explain(exc)
+    lines = ["", "fineflow: the run failed"]
+    for label, value in (
+        ("stage", getattr(exc, "stage", None)),
+        ("WARC", getattr(exc, "warc", None)),
+        ("reason", reason),
+        (
+            "to do",
+            hint or "see the log below; fix the cause and run again: what finished stays cached",
+        ),
+        ("log", f"{log_file} (full traceback; --debug prints it here)"),
+    ):
+        if value:
+            lines.append(f"  {label + ':':<8} {value}")
+    if debug:
+        lines[1:1] = ["".join(traceback.format_exception(exc)).rstrip()]
+    return "\n".join(lines)
+
+
+def failed_warcs_block(failures, total: int, log_file: Path) -> str:
+    lines = [f"\n{len(failures)} of {total} WARCs failed and were left out of the corpus:"]
+    lines += [f"  {f.warc} ({f.stage}): {f.reason}" for f in failures]
+    hints = sorted({f.hint for f in failures if f.hint})
+    lines += [f"  to do: {h}" for h in hints]
+    lines.append(
+        "the next run retries only these (the rest stays cached); "
+        f"fineflow status lists them; log: {log_file}"
+    )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

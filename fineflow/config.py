@@ -65,6 +65,17 @@ class SourceConfig(_Config):
         description="WARC locations: https://, http://, s3://, file:// or a local path",
     )
     common_crawl: CommonCrawlConfig | None = None
+    on_error: Literal["skip", "fail"] = Field(
+        default="skip",
+        description="a WARC that fails a per-WARC stage: skip it (counted, named, retried by "
+        "the next run; the corpus is built from the rest) or fail the whole run at once",
+    )
+    min_good_warcs: int = Field(
+        default=1,
+        ge=1,
+        description="fail the run when fewer WARCs than this make it through the per-WARC "
+        "stages (with on_error=skip)",
+    )
 
     @model_validator(mode="after")
     def _not_empty(self) -> SourceConfig:

@@ -162,10 +162,25 @@ def pipeline_status(cfg: PipelineConfig) -> list[StageStatus]:
     return out
 
 
+def last_failures(cfg: PipelineConfig, sources: list[Any]) -> list[dict[str, str]]:
+    """The failure records (storage.failures) of this config's WARCs: why each failed last."""
+    from storage import failures
+    from tasks.download import artifact_key
+
+    found = (failures.load(cfg.data_root, artifact_key(s)) for s in sources)
+    return [f for f in found if f is not None]
+
+
 def describe(cfg: PipelineConfig) -> str:
+    from flows.data import describe_sources
+
     lines = [f"fineflow status of {Path(cfg.data_root)} (nothing was run)"]
     lines.append(f"{'stage':<11} {'status':<22} detail")
     lines += [str(s) for s in pipeline_status(cfg)]
+    uris = list(cfg.sources.warcs)  # a Common Crawl slice's WARCs: as its listing is cached
+    if failed := last_failures(cfg, describe_sources(uris)):
+        lines.append(f"{len(failed)} WARC(s) failed last time and will be tried again:")
+        lines += [f"  {f['warc']} ({f['stage']}): {f['reason']}" for f in failed]
     lines.append(
         "cached: reused as is; cached remotely: reused from remote_root (fetched only if a "
         "stage that runs reads it); "

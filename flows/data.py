@@ -2,20 +2,37 @@
 
 Per-WARC stages are mapped, one task run per WARC, on a process pool; dedup takes
 the list of per-WARC manifests and writes the corpus DuckDB file.
+
+A WARC is the unit of failure, not the run: a WARC that fails any per-WARC stage (its
+later stages are then never started: Prefect marks them NotReady) is named with the
+stage and the reason (`WarcFailure`), recorded under `_failed/` for `fineflow status`,
+and left out; dedup and everything after it run on the WARCs that made it, exactly as
+a run over those alone would. `sources.on_error = "fail"` makes the first failure end
+the run instead; fewer good WARCs than `sources.min_good_warcs` always does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from prefect import flow, unmapped
+from prefect.futures import PrefectFuture
 
 from fineflow.config import PipelineConfig, StageName
-from flows.summary import StageClock, StageLine
+from fineflow.errors import FineflowError
+from flows.summary import StageClock, StageLine, WarcFailure, failure_of
+from storage import failures as failure_records
 from storage.artifacts import Manifest
 from storage.cache import bind
 from tasks.dedup import dedup_docs
-from tasks.download import describe_sources, download_warc, list_common_crawl
+from tasks.download import (
+    WarcSource,
+    artifact_key,
+    describe_sources,
+    download_warc,
+    list_common_crawl,
+)
 from tasks.extract import extract_text
 from tasks.filter_docs import filter_documents
 from tasks.minhash import minhash_docs
@@ -26,6 +43,12 @@ from tasks.url_filter import filter_urls
 class CorpusResult:
     corpus: Manifest | None  # None when stop_after ends the run before dedup
     lines: list[StageLine]
+    failures: tuple[WarcFailure, ...] = ()  # WARCs left out, with the stage and the reason
+    warcs: int = 0  # WARCs the run was given
+
+
+class RunFailed(FineflowError):
+    """The run cannot go on: a WARC failed under on_error=fail, or too few made it."""
 
 
 def staged(task, cfg: PipelineConfig, stage: StageName):
@@ -67,13 +90,80 @@ def build_corpus(cfg: PipelineConfig) -> CorpusResult:
         chain["minhash"] = staged(minhash_docs, cfg, "minhash").map(
             unmapped(root), chain["filter"], unmapped(cfg.minhash)
         )
-    done = {stage: clock.finish(stage, list(futures)) for stage, futures in chain.items()}
+    if cfg.sources.on_error == "fail":
+        stop_at_first_failure(chain, sources)
+    done = {stage: clock.finish(stage, list(fs), tolerate=True) for stage, fs in chain.items()}
+    failures = warc_failures(chain, sources)
+    good = [i for i in range(len(sources)) if all(done[s][i] is not None for s in done)]
+    note_failures(cfg.data_root, sources, failures, good)
+    check_enough(cfg, len(sources), failures, len(good))
     if "minhash" not in done or stop == "minhash":
-        return CorpusResult(None, clock.lines)
+        return CorpusResult(None, clock.lines, failures, len(sources))
 
-    funnel = done["url_filter"] + done["extract"] + done["filter"]
+    kept = {stage: [done[stage][i] for i in good] for stage in done}
+    funnel = kept["url_filter"] + kept["extract"] + kept["filter"]
     dedup = staged(dedup_docs, cfg, "dedup").submit(
-        root, done["filter"], done["minhash"], cfg.dedup, funnel, sources
+        root, kept["filter"], kept["minhash"], cfg.dedup, funnel, [sources[i] for i in good]
     )
     corpus = clock.finish("dedup", [dedup])[0]
-    return CorpusResult(corpus, clock.lines)
+    return CorpusResult(corpus, clock.lines, failures, len(sources))
+
+
+def warc_failures(
+    chain: dict[str, list[PrefectFuture]], sources: list[WarcSource]
+) -> tuple[WarcFailure, ...]:
+    """Per WARC, the first stage whose task failed (the later ones never started)."""
+    out = []
+    for i, source in enumerate(sources):
+        for stage, futures in chain.items():
+            if (failure := failure_of(futures[i], stage, source.name, source.uri)) is not None:
+                out.append(failure)
+                break
+    return tuple(out)
+
+
+def stop_at_first_failure(chain: dict[str, list[PrefectFuture]], sources: list) -> None:
+    """on_error=fail: wait until every per-WARC task ends, but raise at the first failure."""
+    from prefect.futures import as_completed
+
+    stage_of = {id(f): (stage, i) for stage, fs in chain.items() for i, f in enumerate(fs)}
+    for future in as_completed([f for fs in chain.values() for f in fs]):
+        stage, i = stage_of[id(future)]
+        failure = failure_of(future, stage, sources[i].name, sources[i].uri)
+        if failure is not None:
+            from flows.pipeline import abandon_running_tasks
+
+            abandon_running_tasks()  # the pool's other tasks must not hold the exit
+            raise RunFailed(
+                f"{failure.warc} failed at {failure.stage}: {failure.reason}",
+                hint=(failure.hint + "; " if failure.hint else "")
+                + "sources.on_error=skip builds the corpus from the other WARCs instead",
+                stage=failure.stage,
+                warc=failure.warc,
+            )
+
+
+def note_failures(
+    root: Path, sources: list[WarcSource], failures: tuple[WarcFailure, ...], good: list[int]
+) -> None:
+    """Record why each failed WARC failed; forget the records of WARCs that now work."""
+    by_name = {f.warc: f for f in failures}
+    for i, source in enumerate(sources):
+        key = artifact_key(source)
+        if (f := by_name.get(source.name)) is not None:
+            failure_records.record(root, key, f.as_record())
+        elif i in good:
+            failure_records.clear(root, key)
+
+
+def check_enough(cfg: PipelineConfig, total: int, failures: tuple, good: int) -> None:
+    """Fail the run, in one message, when too few WARCs made it through."""
+    if good >= cfg.sources.min_good_warcs or not total:
+        return
+    listed = "; ".join(str(f) for f in failures[:5]) + (" ..." if len(failures) > 5 else "")
+    what = "every WARC failed" if not good else f"only {good} of {total} WARCs made it through"
+    raise RunFailed(
+        f"{what} (sources.min_good_warcs = {cfg.sources.min_good_warcs}): {listed}",
+        hint="fix or replace the WARCs named above (fineflow status lists them all), "
+        "then run again: what finished stays cached",
+    )

@@ -15,7 +15,7 @@ from prefect.task_runners import ProcessPoolTaskRunner
 
 from fineflow.config import PipelineConfig
 from flows.data import CorpusResult, build_corpus
-from flows.summary import StageLine, publish_run_artifacts
+from flows.summary import StageLine, WarcFailure, publish_run_artifacts
 from flows.train import train_on_corpus
 from storage.artifacts import Manifest
 from storage.remote import Remote
@@ -25,6 +25,8 @@ from storage.remote import Remote
 class PipelineResult:
     lines: list[StageLine]
     outputs: dict[str, Manifest]
+    failures: tuple[WarcFailure, ...] = ()  # WARCs left out of the corpus, and why
+    warcs: int = 0  # WARCs the run was given
 
 
 def data_task_runner(cfg: PipelineConfig):
@@ -40,6 +42,19 @@ def data_task_runner(cfg: PipelineConfig):
     return ProcessPoolTaskRunner(cfg.workers)
 
 
+def abandon_running_tasks() -> None:
+    """Stop this process's pool workers now (their sandboxes follow: their pipe closes).
+
+    For a run that has already failed: the pool would otherwise finish every running
+    per-WARC task before the flow could end. Their scratch directories are swept by the
+    next writer; nothing they leave is trusted (storage.artifacts).
+    """
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.kill()
+
+
 def run_data(cfg: PipelineConfig) -> CorpusResult:
     """The data flow (a subflow of the caller) on the configured task runner."""
     return build_corpus.with_options(task_runner=data_task_runner(cfg))(cfg)
@@ -47,14 +62,14 @@ def run_data(cfg: PipelineConfig) -> CorpusResult:
 
 def run_model(cfg: PipelineConfig, data: CorpusResult) -> PipelineResult:
     """The model flow on `data`'s corpus (unless stop_after ends the run first); publishes."""
-    if data.corpus is None or cfg.stop_after == "dedup":
-        result = PipelineResult(data.lines, {"dedup": data.corpus} if data.corpus else {})
-    else:
+    lines, outputs = data.lines, {"dedup": data.corpus} if data.corpus else {}
+    if data.corpus is not None and cfg.stop_after != "dedup":
         model = train_on_corpus(cfg, data.corpus)
-        result = PipelineResult(data.lines + model.lines, {"dedup": data.corpus, **model.outputs})
+        lines, outputs = lines + model.lines, {**outputs, **model.outputs}
+    result = PipelineResult(lines, outputs, data.failures, data.warcs)
     if cfg.remote_root is not None:  # stages fetch lazily: bring what the run reports here
         Remote(cfg.remote_root).localize(cfg.data_root, result.outputs.values())
-    publish_run_artifacts(result.lines, result.outputs, cfg.data_root)
+    publish_run_artifacts(result.lines, result.outputs, cfg.data_root, result.failures)
     return result
 
 

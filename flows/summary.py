@@ -12,14 +12,73 @@ total row) and a markdown `fineflow-run-summary` (the stage lines and where the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefect.futures import PrefectFuture, wait
+from prefect.futures import PrefectFuture
 
 from storage.artifacts import Manifest
+
+
+@dataclass(frozen=True)
+class WarcFailure:
+    """A WARC left out of the corpus: the stage it failed and why, in words."""
+
+    warc: str
+    uri: str
+    stage: str
+    reason: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.warc} ({self.stage}): {self.reason}"
+
+    def as_record(self) -> dict[str, str]:
+        return {
+            "warc": self.warc,
+            "uri": self.uri,
+            "stage": self.stage,
+            "reason": self.reason,
+            "hint": self.hint,
+        }
+
+
+def failure_of(future: PrefectFuture, stage: str, warc: str, uri: str) -> WarcFailure | None:
+    """The failure of one per-WARC task run, or None if it completed or never started."""
+    state = _state(future)
+    if state is None or not (state.is_failed() or state.is_crashed()):
+        return None  # completed, or NotReady because an earlier stage of its WARC failed
+    exc = state.result(raise_on_failure=False)
+    reason, hint = explain(exc) if isinstance(exc, BaseException) else (state.message or "", "")
+    return WarcFailure(warc, uri, stage, reason, hint)
+
+
+def explain(exc: BaseException) -> tuple[str, str]:
+    """(reason, hint) of an exception, in words: a FineflowError's own, else its type and
+    message (one line, bounded: input text never floods the summary)."""
+    from fineflow.errors import FineflowError, disk_full, is_disk_full
+
+    if not isinstance(exc, FineflowError) and (full := is_disk_full(exc)) is not None:
+        exc = disk_full(full, getattr(full, "filename", None) or "the data root")
+    if isinstance(exc, FineflowError):
+        return exc.reason, exc.hint
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__, ""
+
+
+def stage_failed(exc: Exception, stage: str) -> Exception:
+    """`exc` as a FineflowError that names `stage` (the original stays its cause)."""
+    from fineflow.errors import FineflowError
+
+    if isinstance(exc, FineflowError):
+        exc.stage = exc.stage or stage
+        return exc
+    reason, hint = explain(exc)
+    return FineflowError(reason, hint=hint, stage=stage)
 
 
 @dataclass(frozen=True)
@@ -31,15 +90,19 @@ class StageLine:
     figure: str
     # What the stage returned, for the run's artifacts; not part of the printed line.
     manifests: tuple[Manifest, ...] = field(default=(), repr=False, compare=False)
+    failed: int = 0  # task runs that failed (per-WARC stages; their WARCs are left out)
 
     @property
     def status(self) -> str:
+        done = self.ran + self.cached
+        if self.failed:
+            return f"{self.failed} failed" + (f", ran {self.ran}" if self.ran else "")
         if self.ran and self.cached:
-            return f"ran {self.ran}/{self.ran + self.cached}"
+            return f"ran {self.ran}/{done}"
         return "ran" if self.ran else "cached"
 
     def __str__(self) -> str:
-        return f"{self.stage:<11} {self.status:<10} {self.seconds:7.1f}s  {self.figure}"
+        return f"{self.stage:<11} {self.status:<16} {self.seconds:7.1f}s  {self.figure}"
 
 
 class StageClock:
@@ -49,24 +112,55 @@ class StageClock:
         self.last = time.monotonic()
         self.lines: list[StageLine] = []
 
-    def finish(self, stage: str, futures: list[PrefectFuture]) -> list[Manifest]:
-        wait(futures)
-        results = [f.result() for f in futures]  # raises the stage's error, naming the task
+    def finish(
+        self, stage: str, futures: list[PrefectFuture], tolerate: bool = False
+    ) -> list[Manifest]:
+        """The stage's results in order. `tolerate`: a task run that failed (or never
+        started) gives None in its place instead of raising its error."""
+        _wait_all(futures)
+        if tolerate:
+            results = [f.result() if _completed(f) else None for f in futures]
+        else:
+            try:
+                results = [f.result() for f in futures]
+            except Exception as exc:  # the stage's error, with the stage named
+                err = stage_failed(exc, stage)
+                if err is exc:
+                    raise
+                raise err from exc
         now = time.monotonic()
-        cached = sum(f.state.name == "Cached" for f in futures)
+        states = [_state(f) for f in futures]
+        cached = sum(s is not None and s.name == "Cached" for s in states)
+        failed = sum(s is not None and (s.is_failed() or s.is_crashed()) for s in states)
         ms = tuple(m for m in results if isinstance(m, Manifest))
+        ran = sum(s is not None and s.is_completed() for s in states) - cached
         self.lines.append(
-            StageLine(
-                stage,
-                len(futures) - cached,
-                cached,
-                now - self.last,
-                figure(stage, results),
-                ms,
-            )
+            StageLine(stage, ran, cached, now - self.last, figure(stage, results), ms, failed)
         )
         self.last = now
         return results
+
+
+def _wait_all(futures: list[PrefectFuture]) -> None:
+    """Wait for every future; one whose upstream failed raises from `wait` on a process
+    pool (UpstreamTaskError): it is over too, and its state says so (`_state`)."""
+    for future in futures:
+        with contextlib.suppress(Exception):
+            future.wait()
+
+
+def _state(future: PrefectFuture):
+    """The future's final state; None for a task run that never started: a process pool
+    raises its upstream's failure (UpstreamTaskError) from `.state` instead of a state."""
+    try:
+        return future.state
+    except Exception:
+        return None
+
+
+def _completed(future: PrefectFuture) -> bool:
+    state = _state(future)
+    return state is not None and state.is_completed()
 
 
 def _total(manifests: list[Manifest], key: str) -> int:
@@ -132,7 +226,9 @@ PER_WARC_STAGES = ("download", "url_filter", "extract", "minhash")
 _KEPT = {"url_filter": "kept", "minhash": "docs"}
 
 
-def funnel_rows(lines: list[StageLine], root: Path) -> list[dict[str, str | int]]:
+def funnel_rows(
+    lines: list[StageLine], root: Path, failures: tuple[WarcFailure, ...] = ()
+) -> list[dict[str, str | int]]:
     """Per WARC and in total: responses, then what each per-WARC stage and dedup kept.
 
     Every per-WARC stage with a `kept` count gets a column, in run order, so a stage
@@ -163,7 +259,10 @@ def funnel_rows(lines: list[StageLine], root: Path) -> list[dict[str, str | int]
             total[key] = round(sum(r.get(key, 0) for r in out), 2)  # type: ignore[misc]
         out.append(total)
     order = ["warc", "MB", "responses", *columns, "after dedup"]
-    return [{k: r[k] for k in order if k in r} for r in out]
+    rows_out = [{k: r[k] for k in order if k in r} for r in out]
+    # a failed WARC: its row says where and why, in the place of its counts
+    rows_out += [{"warc": f.warc, "failed": f"{f.stage}: {f.reason}"} for f in failures]
+    return rows_out
 
 
 def _dedup_kept_per_warc(lines: list[StageLine], root: Path) -> dict[str, int]:
@@ -180,7 +279,12 @@ def _dedup_kept_per_warc(lines: list[StageLine], root: Path) -> dict[str, int]:
         return {}
 
 
-def summary_markdown(lines: list[StageLine], outputs: dict[str, Manifest], root: Path) -> str:
+def summary_markdown(
+    lines: list[StageLine],
+    outputs: dict[str, Manifest],
+    root: Path,
+    failures: tuple[WarcFailure, ...] = (),
+) -> str:
     """The run as markdown: one row per stage, then where each output lives."""
     ran = sum(1 for ln in lines if ln.ran)
     md = [
@@ -195,6 +299,13 @@ def summary_markdown(lines: list[StageLine], outputs: dict[str, Manifest], root:
         f"| {ln.stage} | {ln.status} | {ln.seconds:.1f} | {ln.figure.replace('|', '/')} |"
         for ln in lines
     ]
+    if failures:
+        md += ["", f"## {len(failures)} WARC(s) failed and were left out", ""]
+        md += ["| WARC | stage | reason | what to do |", "|---|---|---|---|"]
+        md += [
+            f"| {f.warc} | {f.stage} | {f.reason.replace('|', '/')} | {f.hint.replace('|', '/')} |"
+            for f in failures
+        ]
     if (corpus := outputs.get("dedup")) is not None:  # FineWeb's funnel, from the catalog
         from tasks.filter_docs import funnel_markdown
 
@@ -208,21 +319,26 @@ def summary_markdown(lines: list[StageLine], outputs: dict[str, Manifest], root:
     return "\n".join(md) + "\n"
 
 
-def publish_run_artifacts(lines: list[StageLine], outputs: dict[str, Manifest], root: Path) -> None:
+def publish_run_artifacts(
+    lines: list[StageLine],
+    outputs: dict[str, Manifest],
+    root: Path,
+    failures: tuple[WarcFailure, ...] = (),
+) -> None:
     """The funnel table and the run summary, attached to the current flow run."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
     from prefect.context import FlowRunContext
 
     if FlowRunContext.get() is None:
         return
-    rows = funnel_rows(lines, root)
+    rows = funnel_rows(lines, root, failures)
     try:
         if rows:
             create_table_artifact(
                 rows, key="fineflow-funnel", description="Documents kept per WARC, stage by stage"
             )
         create_markdown_artifact(
-            summary_markdown(lines, outputs, root),
+            summary_markdown(lines, outputs, root, failures),
             key="fineflow-run-summary",
             description="Stages run or cached, and where the outputs are",
         )

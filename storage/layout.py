@@ -6,6 +6,8 @@
                           the next writer of the key
   _prefect/results/       Prefect result records (the task cache), beside the data
   _prefect/locks/         per-cache-key locks for overlapping runs
+  _failed/<source>.json   why a WARC failed its per-WARC stages last time (gone once it works)
+  _logs/run-*.log         each `fineflow run`'s full log, tracebacks included
 
 A remote data root (an fsspec URL, `storage.remote`) has the same layout; its local
 working copy defaults to `~/.cache/fineflow/<scheme>/<bucket>/<prefix>` ($XDG_CACHE_HOME).
@@ -33,6 +35,14 @@ def results_dir(root: Path) -> Path:
 
 def locks_dir(root: Path) -> Path:
     return Path(root) / "_prefect" / "locks"
+
+
+def failures_dir(root: Path) -> Path:
+    return Path(root) / "_failed"
+
+
+def logs_dir(root: Path) -> Path:
+    return Path(root) / "_logs"
 
 
 def work_dir(root: Path, stage: str, key: str) -> Path:
