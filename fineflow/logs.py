@@ -43,7 +43,7 @@ def setup(root: Path, debug: bool = False) -> Path:
     log_file = logs / f"run-{stamp}-{os.getpid()}.log"
     spec = yaml.safe_load(prefect_default_config().read_text())
     standard = spec["formatters"]["standard"]
-    spec["formatters"]["fineflow_console"] = {**standard, "()": f"{__name__}.ConsoleFormatter"}
+    spec["formatters"]["fineflow_console"] = {**standard, "()": f"{__name__}.console_formatter"}
     spec["formatters"]["fineflow_file"] = {
         "format": "%(asctime)s %(levelname)-7s %(processName)s %(name)s - %(message)s"
     }
@@ -74,27 +74,25 @@ def forget(log_file: Path) -> None:
     Path(log_file).parent.joinpath(f".logging-{os.getpid()}.yml").unlink(missing_ok=True)
 
 
-def _prefect_formatter() -> type[logging.Formatter]:
-    try:
-        from prefect.logging.formatters import PrefectFormatter
+def console_formatter(**kwargs: str) -> logging.Formatter:
+    """Prefect's console format, without tracebacks unless FINEFLOW_DEBUG is set.
 
-        return PrefectFormatter
-    except ImportError:  # pragma: no cover - Prefect is a dependency
-        return logging.Formatter
+    A factory (dictConfig's "()"), so that importing this module never imports Prefect:
+    Prefect reads its settings, this file's path among them, when first imported."""
+    from prefect.logging.formatters import PrefectFormatter
 
+    class ConsoleFormatter(PrefectFormatter):
+        def format(self, record: logging.LogRecord) -> str:
+            if os.environ.get(DEBUG_ENV) or not record.exc_info:
+                return super().format(record)
+            saved = record.exc_info, record.exc_text, record.stack_info
+            record.exc_info = record.exc_text = record.stack_info = None
+            try:
+                return super().format(record)
+            finally:
+                record.exc_info, record.exc_text, record.stack_info = saved
 
-class ConsoleFormatter(_prefect_formatter()):  # type: ignore[misc]
-    """Prefect's console format, without tracebacks unless FINEFLOW_DEBUG is set."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        if os.environ.get(DEBUG_ENV) or not record.exc_info:
-            return super().format(record)
-        saved = record.exc_info, record.exc_text, record.stack_info
-        record.exc_info = record.exc_text = record.stack_info = None
-        try:
-            return super().format(record)
-        finally:
-            record.exc_info, record.exc_text, record.stack_info = saved
+    return ConsoleFormatter(**kwargs)
 
 
 class QuietFilter(logging.Filter):
