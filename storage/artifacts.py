@@ -264,6 +264,12 @@ def verify(root: Path, manifest: Manifest) -> str | None:
     base = layout.artifact_dir(Path(root), manifest.stage, manifest.key)
     if not (base / MANIFEST_NAME).is_file():
         return f"{manifest.dir}: manifest.json missing"
+    try:  # small: the one on disk must say what the cache record says, to the letter
+        on_disk = Manifest.model_validate_json((base / MANIFEST_NAME).read_bytes())
+    except ValueError:
+        on_disk = None
+    if on_disk != manifest:
+        return f"{manifest.dir}/manifest.json: differs from the cache record (edited?)"
     seen = _read_verified(base)
     for f in manifest.files:
         p = base / f.path

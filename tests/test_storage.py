@@ -48,6 +48,20 @@ def test_verify_catches_missing_and_changed_files(tmp_path):
     assert "missing" in verify(tmp_path, m)
 
 
+def test_verify_catches_an_edited_manifest(tmp_path):
+    m = _write(tmp_path)
+    path = tmp_path / "demo" / "k1" / "manifest.json"
+    body = path.read_text()
+    path.write_text(body.replace('"n": 2', '"n": 1002'))
+    assert "differs from the cache record" in verify(tmp_path, m)
+    path.write_text(body.replace(m.fingerprint, "0" * len(m.fingerprint)))
+    assert "differs from the cache record" in verify(tmp_path, m)
+    path.write_text("{not json")
+    assert "differs from the cache record" in verify(tmp_path, m)
+    path.write_text(body)
+    assert verify(tmp_path, m) is None
+
+
 def test_identical_inputs_give_identical_manifests(tmp_path):
     assert _write(tmp_path / "x") == _write(tmp_path / "y")
 
