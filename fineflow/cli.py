@@ -3,6 +3,7 @@
     fineflow run [--preset NAME] [--config FILE] [--set train.steps=100 ...] [--stop-after STAGE]
     fineflow rerun STAGE [...]     same, with STAGE's cache refreshed
     fineflow status [...]          per stage: cached, stale or will run; runs nothing
+    fineflow verify [--repair]     rehash every artifact; name (or remove) the damaged ones
     fineflow sample [PROMPT ...] [...]   continue prompts with the model the config trained
     fineflow export OUT_DIR [...]  that model as a Hugging Face transformers directory
 
@@ -207,7 +208,7 @@ def use_model(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fineflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "rerun", "status", "sample", "export"):
+    for name in ("run", "rerun", "status", "verify", "sample", "export"):
         p = sub.add_parser(name)
         if name == "rerun":
             p.add_argument("stage", choices=STAGES, help="stage whose cache is refreshed")
@@ -224,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--stop-after", choices=STAGES)
         if name in ("run", "rerun"):
             p.add_argument("--debug", action="store_true", help="tracebacks in the terminal too")
+        if name == "verify":
+            p.add_argument("--repair", action="store_true", help="remove damaged artifacts")
     args = parser.parse_args(argv)
 
     force = args.force + ([args.stage] if args.command == "rerun" else [])
@@ -241,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_prefect()
     if args.command in ("run", "rerun"):
         return run(cfg, debug=args.debug)
+    if args.command == "verify":
+        return verify(cfg, args.repair)
     if args.command == "status":
         from fineflow.status import describe
 
@@ -249,6 +254,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("sample", "export"):
         return use_model(args, cfg)
     raise AssertionError(args.command)
+
+
+def verify(cfg: PipelineConfig, repair: bool) -> int:
+    """Rehash every artifact under the data root; name the damaged ones (exit 1 if any)."""
+    from storage.artifacts import verify_store
+
+    checked, damaged = verify_store(cfg.data_root, repair)
+    for where, why in damaged:
+        print(f"damaged: {why}" if why.startswith(where) else f"damaged: {where}: {why}")
+    verdict = "removed; the next run rebuilds them" if repair else "run with --repair to drop them"
+    print(
+        f"{checked} artifacts under {cfg.data_root} rehashed, {len(damaged)} damaged"
+        + (f" ({verdict})" if damaged else "")
+    )
+    return 1 if damaged and not repair else 0
 
 
 # Exit codes of `fineflow run` (README, "Bad input and exit codes").

@@ -259,8 +259,11 @@ def manifests(result: Any) -> list[Manifest]:
     return []
 
 
-def verify(root: Path, manifest: Manifest) -> str | None:
-    """None if the artifact on disk is exactly what the manifest says, else why not."""
+def verify(root: Path, manifest: Manifest, full: bool = False) -> str | None:
+    """None if the artifact on disk is exactly what the manifest says, else why not.
+
+    The quick check (the default) rehashes a file only when its size or mtime moved since
+    the last check; `full` rehashes every file (`fineflow verify`)."""
     base = layout.artifact_dir(Path(root), manifest.stage, manifest.key)
     if not (base / MANIFEST_NAME).is_file():
         return f"{manifest.dir}: manifest.json missing"
@@ -278,10 +281,48 @@ def verify(root: Path, manifest: Manifest) -> str | None:
         st = p.stat()
         if st.st_size != f.bytes:
             return f"{manifest.dir}/{f.path}: size {st.st_size} != {f.bytes}"
-        if seen.get(f.path) != [st.st_size, st.st_mtime_ns] and file_sha256(p) != f.sha256:
+        unmoved = not full and seen.get(f.path) == [st.st_size, st.st_mtime_ns]
+        if not unmoved and _sha256_now(p) != f.sha256:
             return f"{manifest.dir}/{f.path}: content changed"
     _remember_verified(base, manifest)
     return None
+
+
+def _sha256_now(path: Path) -> str:
+    """The file's sha256 read from disk now (file_sha256 memoises on size + mtime)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_store(root: Path, repair: bool = False) -> tuple[int, list[tuple[str, str]]]:
+    """Rehash every artifact under `root`: (artifacts checked, [(dir, what is wrong)]).
+
+    `repair` removes each damaged artifact directory: its cache record then fails the
+    quick check, so the next run rebuilds exactly those stages (and what they feed)."""
+    checked, damaged = 0, []
+    for path in sorted(Path(root).glob(f"*/*/{MANIFEST_NAME}")):
+        base = path.parent
+        if base.name.startswith(".") or base.parent.name.startswith("_"):
+            continue  # scratch, and _prefect/_logs/_failed: not artifacts
+        checked += 1
+        try:
+            m = Manifest.model_validate_json(path.read_bytes())
+        except ValueError as exc:
+            damaged.append((f"{base.parent.name}/{base.name}", f"unreadable manifest: {exc}"))
+        else:
+            if (why := verify(root, m, full=True)) is None:
+                continue
+            damaged.append((m.dir, why))
+        if repair:
+            trash = base.parent / f".{base.name}.old-{uuid.uuid4().hex[:8]}"
+            base.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+    return checked, damaged
 
 
 def load_manifest(root: Path, stage: str, key: str) -> Manifest | None:

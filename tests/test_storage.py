@@ -142,3 +142,23 @@ def test_a_killed_writers_scratch_is_swept_by_the_next_writer_of_its_key(tmp_pat
             p.wait()
     left = {p.name for p in (tmp_path / "extract").iterdir()}
     assert left == {"k", alive.name}  # the live writer's scratch outlives it only until the next
+
+
+def test_full_verify_sees_damage_that_keeps_size_and_mtime_and_repair_drops_it(tmp_path, capsys):
+    import os
+
+    from fineflow.cli import main
+    from storage.artifacts import verify_store
+
+    m = _write(tmp_path)
+    victim = tmp_path / "demo" / "k1" / "a.txt"
+    st = victim.stat()
+    victim.write_text("jello")  # same size
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime
+    assert verify(tmp_path, m) is None  # the quick check trusts size + mtime, by design
+    assert verify_store(tmp_path) == (1, [("demo/k1", "demo/k1/a.txt: content changed")])
+    assert main(["verify", "--set", f"data_root={tmp_path}"]) == 1
+    assert "damaged: demo/k1/a.txt: content changed" in capsys.readouterr().out
+    assert main(["verify", "--repair", "--set", f"data_root={tmp_path}"]) == 0
+    assert not (tmp_path / "demo" / "k1").exists()
+    assert verify_store(tmp_path) == (0, [])
