@@ -449,6 +449,17 @@ def _to_record(
 ) -> WarcRecord:
     h = rec.rec_headers
     http = rec.http_headers
+    uri = h.get_header("WARC-Target-URI")
+    if http is None and rec.format == "warc" and rec.rec_type in ("response", "revisit", "request"):
+        # warcio parses HTTP headers only under a URI starting "http:" or "https:", in lower
+        # case; a scheme is case-insensitive (RFC 3986), so HTTPS://... is parsed here alike
+        low = (uri or "").lower()
+        if low.startswith(("http:", "https:")) and not (uri or "").startswith(("http:", "https:")):
+            from warcio.recordloader import ArcWarcRecordLoader
+
+            loader = ArcWarcRecordLoader()
+            http = loader.load_http_headers(rec.rec_type, low, rec.raw_stream, rec.length)
+            rec.http_headers = http  # content_stream() then undoes the transfer encodings
     status = None
     ctype_header = None
     if http is not None:
@@ -469,7 +480,7 @@ def _to_record(
         offset=offset,
         warc_type=rec.rec_type or "",
         record_id=_bare_uuid(h.get_header("WARC-Record-ID") or ""),
-        target_uri=h.get_header("WARC-Target-URI"),
+        target_uri=uri,
         date=h.get_header("WARC-Date"),
         status=status,
         content_type=content_type,
