@@ -22,6 +22,10 @@ metrics.duckdb: tables train_log (step, loss, lr, grad_norm, tokens_per_s, mfu,
 elapsed_s) and run (device, world, grad_accum, tokens_per_step, flops_per_token,
 peak_flops, compiled). Its bytes hold timings, so the manifest fingerprint is a
 digest of the other three files. MFU is against fineflow.devices' table of peaks.
+
+A file whose write fails is removed (the artifact's scratch directory goes with it), and
+a full disk is a FineflowError naming the file and the free space (stage "train"), not
+torch's "unexpected pos". A resumed run says so in the terminal and the task's log.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +42,12 @@ from prefect import task
 
 from fineflow.config import TrainConfig
 from fineflow.model import GPT
-from fineflow.training.checkpoint import run_config
+from fineflow.training.checkpoint import run_config, writing
 from fineflow.training.data import mean_loss, shard_paths
 from fineflow.training.launch import train_job
 from fineflow.training.runtime import pick_device, process_count
 from storage import layout
-from storage.artifacts import ArtifactWriter, Manifest, stage_key
+from storage.artifacts import MANIFEST_NAME, ArtifactWriter, Manifest, stage_key
 from storage.fingerprint import file_sha256, fingerprint
 
 STAGE_VERSION = 2  # bump when anything in fineflow/training/ changes what training produces
@@ -99,6 +104,13 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
+def _write(out: ArtifactWriter, name: str, write: Callable[[Path], object]) -> None:
+    """`write(path)` for the artifact's file `name`; a failed write leaves no file, and a
+    full disk says which file and how much space is left (checkpoint.writing)."""
+    with writing(out.path(name)) as path:
+        write(path)
+
+
 def _vocab_size(shards: Manifest, tokenizer: Manifest) -> int:
     vocab, tok_vocab = shards.stats.get("vocab_size"), tokenizer.stats.get("vocab_size")
     if not isinstance(vocab, int) or vocab != tok_vocab:
@@ -136,35 +148,35 @@ def train_model(root: str, shards: Manifest, tokenizer: Manifest, cfg: TrainConf
     tail = [loss for _, loss in result.history[-FINAL_LOSS_POINTS:]]
     log.info("train: done, %d steps, val loss %.4f", result.steps, val_loss)
 
+    metrics = {
+        "step": [s for s, _ in result.history],
+        "train_loss": [round(loss, 6) for _, loss in result.history],
+        "val_loss": round(val_loss, 6),
+    }
     with ArtifactWriter(Path(root), "train", key) as out:
-        save_model(model, out.path("model.pt"))
-        _write_json(out.path("config.json"), run_config(model, cfg))
-        _write_json(
-            out.path("metrics.json"),
-            {
-                "step": [s for s, _ in result.history],
-                "train_loss": [round(loss, 6) for _, loss in result.history],
-                "val_loss": round(val_loss, 6),
-            },
-        )
+        _write(out, "model.pt", lambda p: save_model(model, p))
+        _write(out, "config.json", lambda p: _write_json(p, run_config(model, cfg)))
+        _write(out, "metrics.json", lambda p: _write_json(p, metrics))
         # Timings: the one file whose bytes differ between identical runs, so the
         # fingerprint is a digest of the other files (which say what the model is).
-        write_metrics_db(out.path(METRICS_DB), result.log_rows, result.info)
+        _write(out, METRICS_DB, lambda p: write_metrics_db(p, result.log_rows, result.info))
         # The tokenizer travels with the weights: `python -m fineflow.export` needs both.
-        shutil.copyfile(tokenizer.path(Path(root), TOKENIZER_JSON), out.path(TOKENIZER_JSON))
+        tok_json = tokenizer.path(Path(root), TOKENIZER_JSON)
+        _write(out, TOKENIZER_JSON, lambda p: shutil.copyfile(tok_json, p))
         content = fingerprint(
             [(n, file_sha256(out.path(n))) for n in (*DETERMINISTIC_FILES, TOKENIZER_JSON)]
         )
-        manifest = out.commit(
-            cfg,
-            counts={"steps": result.steps, "tokens_seen": result.tokens_seen},
-            stats={
-                "first_train_loss": round(result.history[0][1], 6),  # step 1: about ln(vocab)
-                "final_train_loss": round(sum(tail) / len(tail), 6),
-                "val_loss": round(val_loss, 6),
-                "params": model.num_params(),
-            },
-            content=content,
-        )
+        with writing(out.path(MANIFEST_NAME)):  # commit writes it, then renames the directory
+            manifest = out.commit(
+                cfg,
+                counts={"steps": result.steps, "tokens_seen": result.tokens_seen},
+                stats={
+                    "first_train_loss": round(result.history[0][1], 6),  # step 1: about ln(vocab)
+                    "final_train_loss": round(sum(tail) / len(tail), 6),
+                    "val_loss": round(val_loss, 6),
+                    "params": model.num_params(),
+                },
+                content=content,
+            )
     shutil.rmtree(work, ignore_errors=True)  # the artifact now holds what the checkpoint did
     return manifest

@@ -3,7 +3,9 @@
 A checkpoint holds the weights, the optimizer, the step, the loader position, the RNG
 states (torch, CUDA, Python, numpy), the logs so far and the run's config. It is
 written to a temporary name, fsynced and renamed; the newest keep_checkpoints are
-kept, older ones removed only after the new one is in place. A checkpoint from
+kept, older ones removed only after the new one is in place; a write that fails leaves
+no file behind, and a full disk is said in words (`writing`, for every file the
+trainer writes). A checkpoint from
 another configuration (model spec or TrainConfig, `steps` included: the schedule
 depends on the run length) is refused, naming every field that differs.
 """
@@ -14,6 +16,7 @@ import contextlib
 import os
 import random
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 
 from fineflow.config import TrainConfig
+from fineflow.errors import FineflowError, disk_full, is_disk_full
 from fineflow.model import GPT
 from fineflow.training.runtime import SINGLE_PROCESS, Dist
 
@@ -56,6 +60,24 @@ class TrainState:
     loss_steps: int = 0
     log_rows: list[tuple[Any, ...]] = field(default_factory=list)  # LOG_COLUMNS, timings too
     elapsed_s: float = 0.0  # training time before this process (resumed runs)
+
+
+@contextlib.contextmanager
+def writing(path: Path, shown: Path | None = None, stage: str = "train") -> Iterator[Path]:
+    """Write `path` inside the block. If the block fails, `path` is removed (no partial
+    file stays), and a full disk becomes a FineflowError naming `shown` (default: `path`)
+    and the free space there as the write failed; torch.save says ENOSPC only as
+    "unexpected pos"."""
+    try:
+        yield path
+    except BaseException as exc:
+        full = None if isinstance(exc, FineflowError) else is_disk_full(exc)
+        err = None if full is None else disk_full(full, shown or path, stage)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        if err is not None:
+            raise err from exc
+        raise
 
 
 def checkpoint_path(work: Path, step: int) -> Path:
@@ -102,11 +124,12 @@ def save_checkpoint(
     }
     work.mkdir(parents=True, exist_ok=True)
     tmp = work / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with writing(tmp, shown=path):
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     with contextlib.suppress(OSError):  # make the rename itself durable
         fd = os.open(work, os.O_RDONLY)
         os.fsync(fd)
