@@ -6,13 +6,17 @@ with tests/test_evaluate.py.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 
@@ -22,17 +26,24 @@ import torch
 from tokenizers import Tokenizer
 
 from fineflow.config import ModelConfig, PipelineConfig, TrainConfig
+from fineflow.errors import FineflowError
 from fineflow.model import GPT
 from fineflow.training.checkpoint import checkpoint_path, checkpoints
-from fineflow.training.data import Prefetcher, WindowSampler, eval_windows, mean_loss
+from fineflow.training.data import (
+    Prefetcher,
+    WindowSampler,
+    eval_windows,
+    mean_loss,
+    shard_paths,
+)
 from fineflow.training.launch import train_job
 from fineflow.training.loop import grad_accum_steps, lr_at, train
 from fineflow.training.runtime import Dist, process_count
 from storage import layout
-from storage.artifacts import ArtifactWriter, Manifest, verify
+from storage.artifacts import ArtifactWriter, Manifest, stage_key, verify
 from tasks.shard import encode_docs, read_shard, write_shard
 from tasks.tokenizer import EOT, TOKENIZER_JSON, hf_encoder, train_bpe
-from tasks.train import METRICS_DB, VAL_BATCHES, train_model
+from tasks.train import METRICS_DB, STAGE_VERSION, VAL_BATCHES, train_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -178,14 +189,18 @@ def _tokens(n: int = 2000) -> list[np.ndarray]:
     return [rng.integers(0, 64, size=n).astype(np.uint16)]
 
 
-def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
+def test_resume_is_bitwise_exact(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = tiny_train_config()
     whole = train(_tokens(), 64, cfg, tmp_path / "whole")
     killed = train(_tokens(), 64, cfg, tmp_path / "killed", stop_at=6)  # last checkpoint: 4
     assert killed.steps == 6
     ckpt = torch.load(checkpoint_path(tmp_path / "killed", 4), weights_only=False)
     assert ckpt["step"] == 4 and ckpt["loader"] == {"seed": cfg.seed, "step": 4, "world": 1}
-    resumed = train(_tokens(), 64, cfg, tmp_path / "killed")
+    with caplog.at_level(logging.INFO, logger="fineflow.train"):
+        resumed = train(_tokens(), 64, cfg, tmp_path / "killed")
+    # outside a task run the line goes to fineflow.train (inside one: the test further down)
+    resumed_lines = [r.getMessage() for r in caplog.records if "resumed" in r.getMessage()]
+    assert resumed_lines == ["train: resumed from step 4 of 12 (ckpt_000000004.pt)"]
     assert resumed.steps == whole.steps == 12
     assert resumed.tokens_seen == 12 * 4 * 16
     assert resumed.history == whole.history
@@ -283,6 +298,130 @@ def test_loss_falls_on_repetitive_tokens(tmp_path: Path) -> None:
     assert losses[-1] < 0.5
 
 
+# ---------------------------------------------------------------- a full disk
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size_bytes: int) -> Iterator[Path]:
+    """A tmpfs of about `size_bytes` mounted at `where` (root only: skipped otherwise)."""
+    where.mkdir(parents=True, exist_ok=True)
+    size = f"size={max(1, size_bytes // 1024)}k"
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", size, "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"filling a disk for real needs `mount -t tmpfs`: {exc}")
+    if done.returncode != 0:
+        pytest.skip(
+            "filling a disk for real needs a small tmpfs, and mount was not permitted "
+            f"(run as root to test it): {done.stderr.strip() or done.returncode}"
+        )
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False, timeout=30)
+
+
+def _leftovers(d: Path) -> list[str]:
+    """Temporary files and directories under `d` (a failed write must leave none)."""
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*") if ".tmp" in p.name)
+
+
+def test_a_full_disk_while_checkpointing_names_the_file_and_leaves_no_partial_file(
+    tmp_path: Path,
+) -> None:
+    """On a real full file system (a tmpfs with room for one checkpoint, not two): the
+    error is a FineflowError naming the checkpoint and the free space, not torch's
+    "unexpected pos"; the partial file is gone, the whole older checkpoint stays, and a
+    run with room resumes from it exactly."""
+    cfg = tiny_train_config(model=TINY.model_copy(update={"n_embd": 64}))
+    whole = train(_tokens(), 64, cfg, tmp_path / "whole")
+    size = checkpoint_path(tmp_path / "whole", 12).stat().st_size
+    with small_disk(tmp_path / "disk", size * 3 // 2) as disk:
+        work = disk / "work"
+        with pytest.raises(FineflowError) as err:
+            train(_tokens(), 64, cfg, work)
+        failed = checkpoint_path(work, 8)
+        assert err.value.stage == "train" and err.value.path == str(failed)
+        assert str(err.value).startswith(f"disk full while writing {failed} (")
+        assert "MB free on that file system" in str(err.value)
+        assert "data_root" in err.value.hint
+        assert "unexpected pos" in str(err.value.__cause__)  # torch's words, kept as the cause
+        assert _leftovers(disk) == []
+        assert checkpoints(work) == [checkpoint_path(work, 4)]
+        shutil.copytree(work, tmp_path / "roomy")
+    resumed = train(_tokens(), 64, cfg, tmp_path / "roomy")
+    assert resumed.history == whole.history
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_full_disk_while_writing_the_model_names_the_file_and_leaves_no_scratch(
+    tmp_path: Path,
+) -> None:
+    """The train task's own files: the train stage's directory on a tmpfs with room for
+    the final checkpoint and half of model.pt."""
+    probe_root, root = tmp_path / "probe", tmp_path / "root"
+    tokenizer, shards, _ = make_upstream(probe_root, DOCS * 6, DOCS[:3])
+    cfg = tiny_train_config(steps=6, checkpoint_every=6)  # one checkpoint, at the end
+    probe = train_model.fn(str(probe_root), shards, tokenizer, cfg)  # where there is room
+    model_bytes = probe.path(probe_root, "model.pt").stat().st_size
+    tokens = [read_shard(p) for p in shard_paths(probe_root, shards, "train")]
+    train(tokens, tokenizer.stats["vocab_size"], cfg, tmp_path / "ckpt")  # the task's checkpoint
+    ckpt_bytes = checkpoint_path(tmp_path / "ckpt", 6).stat().st_size
+    for upstream in (shards, tokenizer):
+        shutil.copytree(probe_root / upstream.dir, root / upstream.dir)
+    work = layout.work_dir(root, "train", probe.key)
+    with small_disk(root / "train", ckpt_bytes + model_bytes // 2) as disk:
+        with pytest.raises(FineflowError) as err:
+            train_model.fn(str(root), shards, tokenizer, cfg)
+        assert err.value.stage == "train"
+        assert err.value.path and err.value.path.endswith("/model.pt")
+        assert str(err.value).startswith(f"disk full while writing {err.value.path} (")
+        assert _leftovers(disk) == []  # no scratch directory, no partial model.pt
+        assert [p.name for p in disk.iterdir()] == [work.name]  # the checkpoint is kept
+        assert checkpoints(disk / work.name) == [checkpoint_path(disk / work.name, 6)]
+
+
+def test_a_failed_checkpoint_write_leaves_no_file_without_a_real_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same promise where no tmpfs can be mounted: torch.save failing the way it does
+    on ENOSPC (a C++ enforce error, the OSError only as its context) after writing part
+    of the file."""
+    cfg = tiny_train_config()
+    real_save = torch.save
+
+    def full(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        if not hasattr(f, "write"):
+            return real_save(obj, f, *args, **kwargs)
+        f.write(b"PK\x03\x04 half a checkpoint")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+            ) from None
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(FineflowError, match="disk full while writing .*ckpt_000000004.pt"):
+        train(_tokens(), 64, cfg, tmp_path)
+    assert _leftovers(tmp_path) == [] and checkpoints(tmp_path) == []
+
+    def broken(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        f.write(b"half")
+        raise ValueError("not a disk problem")
+
+    monkeypatch.setattr(torch, "save", broken)  # any other failure: itself, no file left
+    with pytest.raises(ValueError, match="not a disk problem"):
+        train(_tokens(), 64, cfg, tmp_path)
+    assert _leftovers(tmp_path) == []
+
+
 # ---------------------------------------------------------------- the task
 
 
@@ -339,6 +478,51 @@ def test_train_model_task(tmp_path: Path) -> None:
         shutil.copytree(tmp_path / upstream.dir, again / upstream.dir)
     rerun = train_model.fn(str(again), shards, tokenizer, cfg)
     assert rerun.fingerprint == manifest.fingerprint and rerun.stats == manifest.stats
+
+
+def test_a_resumed_task_says_so_in_the_terminal_and_the_task_log(
+    prefect_server, tmp_path: Path
+) -> None:
+    """fineflow's INFO lines reach only the log file; the resume goes through Prefect's
+    run logger: the terminal's handler prints it, and the UI shows it in the task's log."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+    from prefect.logging.handlers import APILogWorker
+
+    tokenizer, shards, _ = make_upstream(tmp_path, DOCS * 6, DOCS[:3])
+    cfg = tiny_train_config()
+    work = layout.work_dir(tmp_path, "train", stage_key(STAGE_VERSION, shards, tokenizer, cfg))
+    tokens = [read_shard(p) for p in shard_paths(tmp_path, shards, "train")]
+    train(tokens, tokenizer.stats["vocab_size"], cfg, work, stop_at=6)  # killed after step 6
+
+    class Lines(logging.Handler):
+        lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    @flow
+    def run():
+        return train_model(str(tmp_path), shards, tokenizer, cfg, return_state=True)
+
+    said = "train: resumed from step 4 of 12 (ckpt_000000004.pt)"
+    lines = Lines()
+    task_runs = logging.getLogger("prefect.task_runs")  # the run logger's; root's console
+    task_runs.addHandler(lines)
+    try:
+        state = run()
+    finally:
+        task_runs.removeHandler(lines)
+    assert state.is_completed() and said in lines.lines
+    APILogWorker.drain_all(timeout=30, at_exit=False)  # sent to the API: what the UI reads
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(
+                task_run_id=LogFilterTaskRunId(any_=[state.state_details.task_run_id])
+            )
+        )
+    assert said in [entry.message for entry in logs]
 
 
 def test_more_processes_than_gpus_fail_at_the_start(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,8 @@ autocast, TF32 and torch.compile on CUDA; float32 eager on CPU, where a run resu
 from a checkpoint ends bitwise equal to an uninterrupted one. Each log line (every
 log_every steps, and steps 1 and last) costs the only host-device sync: the mean
 loss since the previous one, lr, grad norm, tokens/s and MFU (fineflow.devices).
+A resumed run says so where the user looks (`announce`): "train: resumed from step 15
+of 60".
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,25 @@ from fineflow.training.data import Prefetcher, WindowSampler
 from fineflow.training.runtime import SINGLE_PROCESS, Dist, autocast, setup_device
 
 log = logging.getLogger("fineflow.train")
+
+
+def announce(message: str, dist: Dist = SINGLE_PROCESS) -> None:
+    """A line for the user, not only for the log file: the terminal of `fineflow run`
+    shows fineflow's own loggers from WARNING up only (fineflow.logs), so inside a task
+    run it goes through Prefect's run logger (the terminal and the UI's task log). Under
+    torchrun, where rank 0 has no task run, it goes to stderr, the launching terminal's."""
+    try:
+        from prefect.context import TaskRunContext
+    except ImportError:  # the trainer alone, on a bare GPU box
+        TaskRunContext = None  # noqa: N806
+    if TaskRunContext is not None and TaskRunContext.get() is not None:
+        from prefect.logging import get_run_logger
+
+        get_run_logger().info(message)
+        return
+    log.info(message)
+    if dist.world > 1:
+        print(message, file=sys.stderr, flush=True)
 
 
 def grad_accum_steps(cfg: TrainConfig, world: int) -> int:
@@ -204,7 +226,8 @@ def train(
             path.replace(aside)
             log.warning("%s; set aside as %s, trying an older one", err, aside.name)
             continue
-        log.info("resuming from %s at step %d", path, state.step)
+        if dist.main:
+            announce(f"train: resumed from step {state.step} of {cfg.steps} ({path.name})", dist)
         break
     compiled = cfg.compile if cfg.compile is not None else device.type == "cuda"
     forward: Any = torch.compile(model) if compiled else model
