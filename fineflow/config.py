@@ -141,7 +141,12 @@ class UrlFilterConfig(_Config):
 
 class ExtractConfig(_Config):
     min_chars: int = Field(default=200, ge=0, description="shorter extracted texts are dropped")
-    max_html_bytes: int = Field(default=2_000_000, ge=1024, description="bigger pages skipped")
+    max_html_bytes: int = Field(
+        default=10_000_000,
+        ge=1024,
+        description="bigger pages are skipped (real news pages reach 3 MB; a 10 MB page costs "
+        "trafilatura seconds and ~0.8 GB of address space, see tasks/extract.py)",
+    )
     favor_precision: bool = True
     include_comments: bool = False
     include_tables: bool = Field(

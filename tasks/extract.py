@@ -4,15 +4,36 @@ Only the kept records are read (by their gzip member offset from records.parquet
 Each HTML payload (at most `max_html_bytes`, else skipped_too_large) is decoded:
 a byte-order mark wins; else strict UTF-8 (valid multi-byte UTF-8 is almost never
 an accident, and servers often send a stale "iso-8859-1" header for UTF-8 pages);
-else the HTTP header charset, then a <meta> charset in the first 4 KiB, strictly;
-else the first declared charset (or UTF-8) with errors="replace" (counted
-`decoded_lossy`). NUL bytes in the first 8 KiB, or more than 5% replacement or
-control characters, mean binary or garbage (dropped_undecodable). Then
+else UTF-8 with errors="replace" when broken sequences are rare among valid multi-byte
+ones (a cut or a stray byte; counted `decoded_lossy`); else the HTTP header charset,
+then a <meta> charset in the first 4 KiB, strictly, if the decoding reads plausibly:
+a single-byte charset "succeeds" on any bytes, so Shift_JIS under a latin1 label would
+come out as mojibake; charset-normalizer's mess ratio over the non-ASCII text says
+which (`_mess`). Else charset-normalizer's detection (counted `decoded_detected`;
+windows-1252 wins its ties), which a doubted declaration yields to only when it reads
+clearly better; else the first declared charset (or UTF-8) with errors="replace"
+(`decoded_lossy`). NUL bytes in the first 8 KiB, or more than 5% replacement or control
+characters (C0 or C1), mean binary or garbage (dropped_undecodable). Then
 trafilatura.extract(favor_precision, include_comments, include_tables from the config;
 no metadata; no cross-page deduplication: trafilatura's `deduplicate` drops a paragraph
 it has seen in earlier pages of the same process, which makes a page's text depend on
 which pages happened to go through that worker before it); None -> dropped_empty, fewer
 than `min_chars` characters -> dropped_too_short. An exception is logged and counted skipped_error.
+
+Deep nesting: libxml2 stops parsing at 256 open elements and lxml returns the tree built
+so far, so a page with a 100k-deep <div> nest lost all its text after the nest. A page
+whose parsed tree ends deeper than 128 levels is parsed again with the tags beyond 128
+levels removed, text kept (`flatten_nesting`; counted `flattened_nesting`).
+
+Page size: `max_html_bytes` is 10 MB (was 2 MB, which lost real 2.5-2.9 MB news pages
+that datatrove keeps); the whole page is extracted, not a cut of it (a cut can lose the
+article of a page whose head is bloated with inline CSS/JS). Measured on a 2-core
+machine with trafilatura 2.3.1 and lxml 6.2 (libxml2 2.14): a 10 MB page of dense markup
+(~100k elements) takes ~7 s and ~600 MB peak RSS in-process, 890 MB of address space
+in a sandbox worker, under its 2048 MB `worker_memory_mb` cap (an idle worker holds
+~450 MB); a 10 MB page of inline scripts/JSON, the usual bloat, takes 0.1 s and
+~180 MB; a 3 MB dense page ~2 s. So the cap never kills such a page; a dense one over
+~7 MB runs past the 5 s `timeout_s` and counts skipped_timeout.
 
 trafilatura runs in `workers` sandbox processes (tasks/sandbox.py) fed one page at a
 time: a page that takes longer than `timeout_s` kills its worker (skipped_timeout,
@@ -23,7 +44,9 @@ extracts in-process (no timeout), for benchmarks and debugging.
 docs.parquet: id (record uuid), url, host, warc (file name), date, text,
 length (int64, characters); row groups of 1000 documents, in WARC order.
 Counts: total (kept by url_filter), kept, dropped_{empty,too_short,undecodable},
-skipped_{too_large,error,timeout,crash,missing}, and decoded_lossy (kept or not).
+skipped_{too_large,error,timeout,crash,missing}, and (kept or not) decoded_lossy,
+decoded_detected (the charset detected, not declared or wrongly declared) and
+flattened_nesting (parsed again with deep nesting cut).
 Stats: chars (characters of text kept).
 """
 
@@ -35,19 +58,27 @@ import re
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import trafilatura
+from charset_normalizer import from_bytes
+from charset_normalizer.md import mess_ratio
+from lxml.html import HtmlElement
 from prefect import task
+from trafilatura.utils import load_html
 
 from fineflow.config import ExtractConfig
 from storage.artifacts import ArtifactWriter, Manifest, stage_key
 from tasks.sandbox import Sandbox
 from tasks.warc import WarcRecord, read_records_at
 
-STAGE_VERSION = 4  # 3: table text kept; 4: records after a bad one in a gzip member read
+STAGE_VERSION = 5  # 3: table text kept; 4: records after a bad one in a gzip member read;
+# 5: charsets detected when the declared ones fail or read as mojibake, deep nesting
+# flattened, pages up to 10 MB, and upper-case http(s) schemes read with their headers
 
 log = logging.getLogger("fineflow.extract")
 
@@ -75,6 +106,8 @@ COUNT_KEYS = (
     "skipped_crash",
     "skipped_missing",
     "decoded_lossy",
+    "decoded_detected",
+    "flattened_nesting",
 )
 
 _META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([a-zA-Z0-9_.:\-]+)""", re.I)
@@ -86,11 +119,41 @@ _BOMS = (
 _BOMS_16 = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 # WHATWG: these labels mean windows-1252, which is a superset that browsers decode with
 _AS_CP1252 = {"latin-1", "ascii", "iso8859-1"}
-_GARBAGE = re.compile(r"[\ufffd\x00-\x08\x0b\x0e-\x1f\x7f]")
+_GARBAGE = re.compile(r"[\ufffd\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")  # C1 too: no text has them
 _MAX_GARBAGE = 0.05
+# A declared charset whose decoding looks messier than this is doubted (charset-normalizer's
+# own threshold for a decoding it accepts); mojibake of CJK or Cyrillic scores ~1
+_MAX_MESS = 0.2
+_UTF8_MAJORITY = 20  # valid multi-byte UTF-8 characters per broken one: UTF-8 with damage
+_MESS_CONTEXT = 32  # characters either side of non-ASCII ones that the mess ratio sees
+_MESS_SAMPLE = 1 << 16
+_MESS_MIN_CHARS = 16  # fewer non-ASCII characters are too few to judge (and to matter)
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+_TAG = re.compile(r"<[^>]*>")
+_CP1252_TIE = 0.02  # mess ratio within which the detector's candidates count as equally good
+# Nesting kept by flatten_nesting: far below libxml2's 256 levels (the count is rough), far
+# above real pages (rarely 60 deep)
+_MAX_NESTING = 128
+_MARKUP = re.compile(
+    r"""<!--.*?(?:-->|\Z)|<(/?)([A-Za-z][^\s/>]*)((?:[^>"']|"[^"]*"|'[^']*')*)>""", re.S
+)
+# Tag sets as strings: one line each instead of one line per name
+_VOID = frozenset(
+    "area base basefont bgsound br col embed frame hr image img input isindex keygen link "  # noqa: SIM905
+    "meta param source track wbr".split()
+)
+_RAW_TEXT = frozenset("script style textarea title xmp iframe noembed noframes".split())  # noqa: SIM905
+_CLOSES_P = frozenset(
+    "address article aside blockquote details dialog div dl fieldset figcaption figure "  # noqa: SIM905
+    "footer form h1 h2 h3 h4 h5 h6 header hgroup hr main menu nav ol p pre section table "
+    "ul".split()
+)
+_CLOSES_SIBLING = frozenset("li dt dd option tr td th".split())  # noqa: SIM905
+_ASCII_PROBE = b"<html lang='en'><p class=\"a\">Az 09;:/?=&#</p>"
 _NO_TIMEOUT_S = 1e6  # ~11 days: what an infinite per-page timeout becomes
 
 
+@lru_cache(maxsize=512)
 def codec_name(label: str | None) -> str | None:
     """Python's codec for a charset label; None if unknown or not ASCII-compatible."""
     if not label:
@@ -100,6 +163,11 @@ def codec_name(label: str | None) -> str | None:
     except LookupError:
         return None
     if name.startswith(("utf-16", "utf-32")):  # without a BOM and NUL-free it cannot be these
+        return None
+    try:  # HTML markup is ASCII: a codec that reads it otherwise (EBCDIC, ...) is not the page's
+        if _ASCII_PROBE.decode(name) != _ASCII_PROBE.decode("ascii"):
+            return None
+    except (UnicodeDecodeError, LookupError):
         return None
     return "cp1252" if name in _AS_CP1252 else name
 
@@ -111,7 +179,7 @@ def sniff_meta_charset(payload: bytes) -> str | None:
 
 
 def decode_html(payload: bytes, header_charset: str | None) -> tuple[str | None, str]:
-    """(text, how): how is bom|utf-8|header|meta|lossy; text None if binary or garbage."""
+    """(text, how): how is bom|utf-8|header|meta|detected|lossy; text None if binary/garbage."""
     if b"\x00" in payload[:8192] and not payload.startswith(_BOMS_16):
         return None, "binary"  # no HTML page outside UTF-16 holds NUL bytes
     text, how = _decode(payload, header_charset)
@@ -128,32 +196,167 @@ def _decode(payload: bytes, header_charset: str | None) -> tuple[str, str]:
         return payload.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         pass
+    utf8 = payload.decode("utf-8", errors="replace")
+    broken = utf8.count("\ufffd")
+    if sum(map(len, _NON_ASCII.findall(utf8))) - broken >= _UTF8_MAJORITY * broken:
+        return utf8, "lossy"  # UTF-8 with a few broken bytes (a cut or a stray byte)
     declared = [(codec_name(header_charset), "header"), (sniff_meta_charset(payload), "meta")]
+    doubted: tuple[str, str, float] | None = None  # a strict decoding that looks like mojibake
     for name, how in declared:
-        if name:
+        if name and name != "utf-8":
             try:
-                return payload.decode(name), how
+                text = payload.decode(name)
             except UnicodeDecodeError:
                 continue
+            mess = _mess(text)
+            if mess <= _MAX_MESS:
+                return text, how
+            doubted = doubted or (text, how, mess)
+    name = detect_charset(payload)
+    if name:
+        text = payload.decode(name, errors="replace")
+        # a doubted declaration yields only to a clearly better reading
+        if doubted is None or _mess(text) < doubted[2] / 2:
+            return text, "detected"
+    if doubted:
+        return doubted[0], doubted[1]
     fallback = next((name for name, _ in declared if name), "utf-8")
     return payload.decode(fallback, errors="replace"), "lossy"
 
 
+def _mess(text: str) -> float:
+    """How implausible a decoding reads: charset-normalizer's mess ratio (0 clean, ~1 and up
+    for mojibake) over the non-ASCII characters outside tags and the text around them, so
+    that a page's ASCII markup does not dilute it; 0 when there are too few to judge."""
+    text = _TAG.sub(" ", text)
+    parts: list[str] = []
+    end = size = chars = 0
+    for m in _NON_ASCII.finditer(text):
+        a, b = max(m.start() - _MESS_CONTEXT, end), m.end() + _MESS_CONTEXT
+        parts.append(text[a:b])
+        end, size, chars = b, size + b - a, chars + m.end() - m.start()
+        if size >= _MESS_SAMPLE:
+            break
+    if chars < _MESS_MIN_CHARS:
+        return 0.0
+    return mess_ratio("".join(parts), maximum_threshold=1.0)
+
+
+def detect_charset(payload: bytes) -> str | None:
+    """charset-normalizer's reading of a payload (as a codec name), or None if nothing fits.
+
+    It cannot tell the single-byte Latin code pages apart (a French windows-1252 page
+    comes back windows-1250 with the same score, and "déjà" as "déjŕ"), so windows-1252,
+    the web's legacy encoding by far, wins among the candidates that score about as well
+    as the best."""
+    matches = from_bytes(payload)
+    best = matches.best()
+    if best is None:
+        return None
+    for m in matches:
+        if m.chaos <= best.chaos + _CP1252_TIE and "cp1252" in map(
+            codec_name, m.could_be_from_charset
+        ):
+            return "cp1252"
+    for m in matches:
+        if name := codec_name(m.encoding):
+            return name
+    return None
+
+
+class Extracted(NamedTuple):
+    """An extractor's answer: the main text (None: none found) and what was done to get it."""
+
+    text: str | None
+    flattened: bool = False  # nesting deeper than _MAX_NESTING was cut before parsing
+
+
 def extract_main_text(
     html: str, favor_precision: bool, include_comments: bool, include_tables: bool = True
-) -> str | None:
-    """trafilatura's main text of a page, None when it finds none (runs in the sandbox)."""
-    return trafilatura.extract(
-        html,
+) -> Extracted:
+    """trafilatura's main text of a page (runs in the sandbox).
+
+    The page is parsed here, as trafilatura would (its load_html), and the tree handed to
+    it; a tree whose last branch runs deeper than _MAX_NESTING may be one libxml2 stopped
+    building (see flatten_nesting), and is parsed again from the flattened page."""
+    tree = load_html(html)
+    flattened = tree is not None and _last_branch_depth(tree) > _MAX_NESTING
+    if flattened:
+        tree = load_html(flatten_nesting(html))
+    if tree is None:  # not HTML: trafilatura.extract(html) gives None too
+        return Extracted(None, flattened)
+    text = trafilatura.extract(
+        tree,
         favor_precision=favor_precision,
         include_comments=include_comments,
         include_tables=include_tables,
         deduplicate=False,
         with_metadata=False,
     )
+    return Extracted(text, flattened)
 
 
-Extractor = Callable[[str, bool, bool, bool], "str | None"]
+def _last_branch_depth(tree: HtmlElement) -> int:
+    """Depth of the tree's last element down its last children. When libxml2 halts at its
+    depth limit nothing is added after the deepest element, so this is that depth."""
+    depth, elem = 0, tree
+    while len(elem):
+        elem, depth = elem[-1], depth + 1
+    return depth
+
+
+def flatten_nesting(html: str, max_depth: int = _MAX_NESTING) -> str:
+    """The page with the tags of elements nested deeper than `max_depth` removed, their
+    text kept in place.
+
+    libxml2's HTML parser (lxml, trafilatura) stops with a fatal "Excessive depth in
+    document: 256" error at the 256th level of open elements (2048 with XML_PARSE_HUGE),
+    and lxml hands back the tree built so far: all text after a deep nest is lost. The
+    depth is counted from the tags as libxml2 would, roughly: void and self-closed
+    ("<x/>") elements do not nest, a <p> is closed by a block start, an <li>, <td>, <tr>,
+    <option>, <dt> or <dd> by its next sibling, an end tag closes up to its element;
+    comments and the content of <script>, <style>, ... are not markup."""
+    out: list[str] = []
+    stack: list[str] = []
+    dropped: Counter[str] = Counter()  # start tags removed, per name: their end tags go too
+    copied = pos = 0
+    while m := _MARKUP.search(html, pos):
+        pos = m.end()
+        if m.group(2) is None:  # a comment
+            continue
+        name = m.group(2).lower()
+        drop = False
+        if m.group(1):  # an end tag
+            if dropped[name]:
+                dropped[name] -= 1
+                drop = True
+            elif name in stack:
+                del stack[len(stack) - 1 - stack[::-1].index(name) :]
+        else:
+            if stack and (
+                (stack[-1] == "p" and name in _CLOSES_P)
+                or (stack[-1] == name and name in _CLOSES_SIBLING)
+            ):
+                stack.pop()
+            if name in _RAW_TEXT:  # holds no elements: skip to its end tag
+                end = re.compile(rf"</{re.escape(name)}\b", re.I).search(html, pos)
+                pos = end.start() if end else len(html)
+            elif name in _VOID or m.group(3).endswith("/"):
+                pass
+            elif len(stack) >= max_depth:
+                dropped[name] += 1
+                drop = True
+            else:
+                stack.append(name)
+        if drop:
+            out.append(html[copied : m.start()])
+            out.append(" ")
+            copied = m.end()
+    out.append(html[copied:])
+    return "".join(out)
+
+
+Extractor = Callable[[str, bool, bool, bool], "Extracted | str | None"]
 
 
 def prepare(record: WarcRecord, counts: Counter[str]) -> str | None:
@@ -168,8 +371,8 @@ def prepare(record: WarcRecord, counts: Counter[str]) -> str | None:
     if html is None:
         counts["dropped_undecodable"] += 1
         return None
-    if how == "lossy":
-        counts["decoded_lossy"] += 1
+    if how in ("lossy", "detected"):
+        counts[f"decoded_{how}"] += 1
     return html
 
 
@@ -181,6 +384,9 @@ def judge_text(
         counts[f"skipped_{status}"] += 1
         log.warning("%s: extraction %s%s", url, status, f": {value}" if value else "")
         return None
+    if isinstance(value, Extracted):
+        counts["flattened_nesting"] += value.flattened
+        value = value.text
     if value is None:
         counts["dropped_empty"] += 1
         return None

@@ -7,6 +7,11 @@ fresh one started), ("crash", None) when the worker died (a segfault, the addres
 space cap `memory_mb` hit in C code, os._exit). One input is sent at a time per
 worker, so a bad page costs one call, never the run.
 
+`memory_mb` caps address space (RLIMIT_AS), not resident memory: an idle extract worker
+already holds ~450 MB of it (the interpreter, lxml, pyarrow, prefect), and trafilatura on
+a 10 MB page of dense markup peaks at ~890 MB (~600 MB resident), so extract's default
+2048 MB cap leaves such a page room (measured in tasks/extract.py's docstring).
+
 Workers come from the "forkserver" context: a child of the pool is forked from a
 small server process, not from the caller (which may hold Prefect threads and locks),
 and a replacement after a timeout is a fork, not a new interpreter. Prefect's

@@ -304,3 +304,73 @@ def png_bytes() -> bytes:
         + chunk(b"IDAT", zlib.compress(raw))
         + chunk(b"IEND", b"")
     )
+
+
+# Prose in scripts that legacy charsets serve (Shift_JIS, windows-1251), for decoding tests
+FOREIGN_ARTICLES: dict[str, tuple[str, list[str]]] = {
+    "ja": (
+        "季節を映す和菓子の楽しみ方",
+        [
+            "日本の伝統的な和菓子は、季節の移り変わりを映す小さな芸術品です。春には桜餅、"
+            "夏には水羊羹、秋には栗きんとん、冬には花びら餅が店先に並び、訪れる人の目を"
+            "楽しませます。職人は何年もかけて技を磨き、餡の甘さや生地の柔らかさを細かく"
+            "調整しながら、その年の気候に合わせた味を作り出します。",
+            "和菓子を味わうときは、まず見た目を楽しみ、次に香りを確かめ、最後にゆっくりと"
+            "口に運ぶのがよいとされています。濃い抹茶と一緒にいただくと、甘さがほどよく"
+            "和らぎ、素材の風味がいっそう引き立ちます。小さな菓子一つにも、作り手の季節への"
+            "思いが込められているのです。",
+            "近年は若い職人たちが新しい形や色を取り入れ、海外の人々にも和菓子の魅力を伝えて"
+            "います。伝統を守りながらも工夫を重ねることで、和菓子の文化はこれからも受け"
+            "継がれていくことでしょう。",
+        ],
+    ),
+    "ru": (
+        "Зимний вечер в деревне",
+        [
+            "Зимой в деревне рано темнеет, и жизнь переходит в дом. Печь топят с утра, а "
+            "вечером вся семья собирается за столом, чтобы пить чай с вареньем и "
+            "разговаривать о прошедшем дне. За окном тихо падает снег, и кажется, что время "
+            "течёт медленнее, чем в городе.",
+            "Старики вспоминают, какими были зимы в их детстве: сугробы выше забора, катание "
+            "на санях с горы и долгие праздники после Нового года. Дети слушают эти истории "
+            "с открытыми глазами, а потом выбегают во двор лепить снеговика при свете фонаря.",
+            "Утром на снегу видны следы зайцев и лисиц, пришедших из леса ночью. Хозяйка "
+            "кормит кур, хозяин расчищает дорожку к колодцу, и новый день начинается так же, "
+            "как начинались сотни дней до него.",
+        ],
+    ),
+}
+
+
+def foreign_article(lang: str, *, meta_charset: str | None = None) -> str:
+    """A full HTML page around FOREIGN_ARTICLES[lang] ("ja" or "ru"), like `article`."""
+    title, paragraphs = FOREIGN_ARTICLES[lang]
+    meta = f'<meta charset="{meta_charset}">' if meta_charset else ""
+    body = "\n".join(f"<p>{escape(p)}</p>" for p in paragraphs)
+    return f"""<!DOCTYPE html>
+<html lang="{lang}"><head>{meta}<title>{escape(title)}</title></head>
+<body>
+<nav><a href="/">Home</a> | <a href="/about">About</a></nav>
+<main><article>
+<h1>{escape(title)}</h1>
+{body}
+</article></main>
+<footer><p>Copyright 2024.</p></footer>
+</body></html>
+"""
+
+
+def deep_article(i: int, depth: int) -> str:
+    """`article(i)` with `depth` nested <div>s (holding a line of text) before its <main>."""
+    head, main = article(i).split("<main>", 1)
+    return head + "<div>" * depth + "Inside the nest." + "</div>" * depth + "<main>" + main
+
+
+def bloated_article(i: int, size: int) -> str:
+    """`article(i)` grown to at least `size` characters by inline JSON after the article,
+    as modern news pages carry (a framework's page state, related-story data)."""
+    title, paragraphs = ARTICLES[i % len(ARTICLES)]
+    items = [{"id": n, "headline": paragraphs[n % len(paragraphs)][:80]} for n in range(400)]
+    blob = "<script type='application/json'>" + repr(items).replace("'", '"') + "</script>\n"
+    page = article(i)
+    return page.replace("</body>", blob * (size // len(blob) + 1) + "</body>", 1)
