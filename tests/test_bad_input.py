@@ -93,12 +93,12 @@ def test_wrong_charset_is_decoded_or_counted(tmp_path: Path) -> None:
     build_warc(path, caps)
     counts, urls = run(tmp_path, path)
     assert urls[:4] == GOOD_URLS
-    assert counts["decoded_lossy"] == 1  # latin-1 under a utf-8 label: kept, counted
+    assert counts["decoded_detected"] == 1  # latin-1 under a utf-8 label: detected, counted
     assert "https://bogus.example/" in urls  # an unknown label falls back to utf-8
 
 
 def test_huge_page_is_skipped_and_counted(tmp_path: Path) -> None:
-    huge = article(0).encode() * 2000  # ~8 MB
+    huge = article(0).encode() * 6000  # ~11.7 MB, over the 10 MB max_html_bytes
     path = tmp_path / "h.warc.gz"
     build_warc(path, GOOD[:2] + [Capture("https://huge.example/", huge)] + GOOD[2:])
     counts, urls = run(tmp_path, path)
