@@ -66,13 +66,46 @@ ui: setup
 	@echo "Prefect UI: http://127.0.0.1:$(UI_PORT)  (server and worker logs in $(UI_RUN))"
 	@echo "next: make deploy; or export PREFECT_API_URL=$(UI_API) && make run; stop: make ui-stop"
 
+# The worker first, then the server: SIGTERM to the process, its process group when it
+# leads one, and every descendant (the worker's flow runs, the server's services); SIGKILL
+# to what is left after UI_STOP_S seconds; "stopped" only once none of them is alive (a
+# zombie counts as gone). A pid file whose pid now runs something else is not obeyed.
+# Prefect's worker answers SIGTERM by sending itself SIGINT, which a process started in
+# the background by a non-interactive shell (as `ui` does) ignores: it needs the SIGKILL.
+UI_STOP_S ?= 10
+
 ui-stop:
-	@for p in worker server; do \
-	  if [ -f $(UI_RUN)/$$p.pid ]; then \
-	    kill "$$(cat $(UI_RUN)/$$p.pid)" 2>/dev/null && echo "stopped $$p" || echo "$$p was not running"; \
-	    rm -f $(UI_RUN)/$$p.pid; \
+	@alive() { case "$$(ps -o stat= -p "$$1" 2>/dev/null)" in ''|Z*) return 1;; esac; }; \
+	kids() { for q in "$$@"; do echo "$$q"; kids $$(ps -o pid= --ppid "$$q" 2>/dev/null); done; }; \
+	group() { ps -eo pid=,pgid= | awk -v g="$$1" '$$2 == g { print $$1 }'; }; \
+	living() { for q in "$$@"; do alive "$$q" && echo "$$q"; done; }; \
+	settle() { n=$$1; shift; left=$$(living "$$@"); \
+	  while [ -n "$$left" ] && [ "$$n" -gt 0 ]; do \
+	    sleep 0.1; n=$$((n - 1)); \
+	    left=$$(living $$(kids $$left | sort -un)); \
+	  done; }; \
+	status=0; \
+	for p in worker server; do \
+	  f=$(UI_RUN)/$$p.pid; [ -f "$$f" ] || continue; \
+	  pid=$$(cat "$$f"); \
+	  if ! alive "$$pid"; then echo "$$p was not running"; rm -f "$$f"; continue; fi; \
+	  case "$$(ps -o args= -p "$$pid")" in *prefect*) ;; \
+	    *) echo "$$p was not running (pid $$pid is another program now)"; rm -f "$$f"; continue;; \
+	  esac; \
+	  pgid=$$(ps -o pgid= -p "$$pid" | tr -d ' '); \
+	  all=$$( { kids "$$pid"; [ "$$pgid" = "$$pid" ] && group "$$pid"; } | sort -un); \
+	  kill -TERM $$all 2>/dev/null; \
+	  settle $$(( $(UI_STOP_S) * 10 )) $$all; how=""; \
+	  if [ -n "$$left" ]; then \
+	    how=", SIGKILL after $(UI_STOP_S) s"; kill -KILL $$left 2>/dev/null; settle 50 $$left; \
 	  fi; \
-	done
+	  if [ -n "$$left" ]; then \
+	    echo "$$p (pid $$pid) did not exit: still running:" $$left; status=1; \
+	  else \
+	    echo "stopped $$p (pid $$pid$$how)"; rm -f "$$f"; \
+	  fi; \
+	done; \
+	exit $$status
 
 # prefect.yaml's deployments on the server `make ui` started (flow code runs from this checkout).
 deploy: setup
