@@ -8,9 +8,17 @@ member costs only its own record(s):
   `corrupt_member` and reading resumes at the next gzip header found by scanning
   forward for b"\\x1f\\x8b\\x08" (a damaged stretch counts once, however many false
   headers it holds);
-- a member cut off by the end of the file is counted `truncated`;
+- a member cut off by the end of the file is counted `truncated_tail` (once, with a
+  warning naming the file): every complete record before the cut is still read, and a
+  whole-file gzip stream (one member holding every record) cut mid-way yields every
+  record fully inflated before the cut; only the half record is dropped;
 - a file whose first bytes are damaged is read from the first intact member found in
   its first 2 MiB (the damage counted `corrupt_member`), not refused as "not a WARC".
+
+Whether a file is a WARC at all is told from its first bytes (`sniff` on `read_head`),
+so a caller can refuse a 5 GB HTML page before copying or hashing it; the refusal says
+what the file looks like ("an HTML page", "an ARC file", "empty", "a gzip file of ...")
+and shows at most its first 8 bytes, as hex.
 
 A plain WARC is split the same way by its `Content-Length` headers (a "member" is
 then one record; a bad header resumes at the next line starting "WARC/1.").
@@ -26,7 +34,7 @@ number, is counted `corrupt_record` and reading resumes at the next "WARC/1." li
 the same member (a whole-file gzip stream is one member holding every record).
 
 Counts a reader adds to the `counts` Counter it is given: corrupt_member,
-truncated, corrupt_record (a record in an intact member that is not readable),
+truncated_tail, corrupt_record (a record in an intact member that is not readable),
 too_large, payload_error (a payload whose transfer encoding is broken).
 """
 
@@ -45,6 +53,8 @@ from typing import Any, BinaryIO, Literal, Protocol
 
 from warcio.archiveiterator import ArchiveIterator
 
+from fineflow.errors import FineflowError
+
 log = logging.getLogger("fineflow.warc")
 
 WarcFormat = Literal["gzip", "plain"]
@@ -54,6 +64,7 @@ GZIP_MAGIC = b"\x1f\x8b\x08"  # gzip id bytes + CM=8 (deflate), the only method 
 DEFAULT_MAX_PAYLOAD = 8 << 20
 _FILE_BUFFER = 1 << 20  # members are ~10-100 KB; seeking back within this buffer is free
 _READ_CHUNK = 1 << 16
+SNIFF_BYTES = 1 << 16  # the first bytes `sniff` needs (more only for a damaged start)
 _MAX_OUT = 1 << 22  # inflate at most this much per call, so a zip bomb cannot fill RAM
 _SPOOL_BYTES = 8 << 20
 _MAX_HEADER_LINE = 1 << 16
@@ -63,7 +74,7 @@ _DAMAGED_START_SCAN = 2 << 20  # bigger than nearly every record (CC caps payloa
 _CHARSET = re.compile(r"""charset\s*=\s*["']?\s*([^"';\s]+)""", re.IGNORECASE)
 
 
-class WarcFormatError(ValueError):
+class WarcFormatError(FineflowError, ValueError):
     """The file is not a WARC (neither gzip members nor a plain file starting "WARC/")."""
 
 
@@ -90,7 +101,18 @@ class IntegrityReport:
     bytes: int
     members: int  # members (plain WARC: records) that read back intact
     corrupt_members: int
-    truncated: bool  # the file ends inside a member
+    truncated_tail: int  # 1 if the file ends inside a member (the records before it are read)
+    tail_records: int = 0  # complete records read from that cut member (a whole-file stream)
+
+    @property
+    def truncated(self) -> bool:
+        """The file ends inside a member."""
+        return self.truncated_tail > 0
+
+    @property
+    def records_readable(self) -> bool:
+        """At least one complete record (an intact member, or one before the cut)."""
+        return self.members + self.tail_records > 0
 
 
 class _Sink(Protocol):
@@ -101,9 +123,38 @@ def detect_format(path: Path) -> WarcFormat:
     """ "gzip" or "plain"; raises WarcFormatError naming the file if it is not a WARC."""
     path = Path(path)
     with open(path, "rb") as f:
-        head = f.read(_READ_CHUNK)
+        return sniff(read_head(f.read), path)
+
+
+def read_head(read: Callable[[int], bytes]) -> bytes:
+    """A file's first bytes for `sniff`, through `read` (a file's, a response's): the first
+    SNIFF_BYTES, or up to 2 MiB when those do not start like a WARC (a damaged start is
+    told from an intact record further in); fewer only when the file is shorter. The
+    caller writes them out before the rest of the stream."""
+    head = _read_upto(read, SNIFF_BYTES)
+    if len(head) == SNIFF_BYTES and not head.startswith((b"WARC/", GZIP_MAGIC)):
+        head += _read_upto(read, _DAMAGED_START_SCAN - len(head))
+    return head
+
+
+def _read_upto(read: Callable[[int], bytes], n: int) -> bytes:
+    parts, got = [], 0
+    while got < n and (chunk := read(n - got)):  # a response may return short reads
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def sniff(head: bytes, where: str | Path) -> WarcFormat:
+    """ "gzip" or "plain" for a file whose first bytes are `head` (`read_head`); raises
+    WarcFormatError naming `where` and saying what the file looks like if it is no WARC.
+
+    Only the first bytes decide, so a 5 GB file that is not a WARC is refused before it
+    is copied or hashed. A WARC whose first record is damaged at its very start is told
+    from an intact gzip member or plain record within `head`; the damage is then counted
+    `corrupt_member` by the reader like any other."""
     if not head:
-        raise WarcFormatError(f"{path}: not a WARC file (it is empty)")
+        raise WarcFormatError(f"{where}: not a WARC file (it is empty)", hint=_EMPTY_HINT)
     if head.startswith(b"WARC/"):
         return "plain"
     if head.startswith(GZIP_MAGIC):
@@ -113,26 +164,72 @@ def detect_format(path: Path) -> WarcFormat:
             return "gzip"
         if len(first) >= 5 and not first.startswith(b"WARC/"):
             raise WarcFormatError(
-                f"{path}: gzip file, but not a WARC (it inflates to {first[:16]!r}, "
-                "expected 'WARC/')"
+                f"{where}: a gzip file, but not a WARC: it inflates to {_looks_like(first)}",
+                hint=_hint_for(first),
             )
         return "gzip"
-    if fmt := _after_damaged_start(path):
-        log.warning("%s: damaged start; reading from the first intact %s record", path, fmt)
+    if fmt := _after_damaged_start(head):
+        log.warning("%s: damaged start; reading from the first intact %s record", where, fmt)
         return fmt
     raise WarcFormatError(
-        f"{path}: not a WARC file (starts with {head[:8]!r}; "
-        "expected gzip members or a plain file starting 'WARC/')"
+        f"{where}: not a WARC file: it looks like {_looks_like(head)}", hint=_hint_for(head)
     )
 
 
-def _after_damaged_start(path: Path) -> WarcFormat | None:
+_NOT_A_WARC_HINT = (
+    "fineflow reads WARC files (gzip members, as Common Crawl's .warc.gz, or a plain .warc): "
+    "check that the source points at the WARC itself, or leave it out of sources.warcs"
+)
+_EMPTY_HINT = "the file has no bytes: fetch it again, or leave it out of sources.warcs"
+_ARC_HINT = (
+    "ARC is the format before WARC: convert it first (e.g. warctools' arc2warc), "
+    "or leave it out of sources.warcs"
+)
+_BINARY_KINDS = (  # (magic, words), matched at the very start
+    (b"filedesc://", "an ARC file"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"BZh", "bzip2 data"),
+    (b"\xfd7zXZ\x00", "xz data"),
+    (b"\x28\xb5\x2f\xfd", "zstd data"),
+    (b"%PDF", "a PDF document"),
+)
+_TEXT_KINDS = (  # (start, words), matched after a BOM and white space, in lower case
+    (b"<!doctype html", "an HTML page"),
+    (b"<html", "an HTML page"),
+    (b"<head", "an HTML page"),
+    (b"<?xml", "an XML document"),
+    (b"{", "JSON"),
+)
+
+
+def _looks_like(data: bytes) -> str:
+    """What a file's first bytes seem to be, in words, and at most 8 of them, as hex (the
+    file's content is input: it is never echoed as text)."""
+    shown = f"starts with {data[:8].hex()}"
+    kind = next((words for magic, words in _BINARY_KINDS if data.startswith(magic)), None)
+    text = data.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    kind = kind or next((words for start, words in _TEXT_KINDS if text.startswith(start)), None)
+    if kind is None:
+        sample = data[:512]
+        try:
+            sample.decode("utf-8")
+            is_text = True
+        except UnicodeDecodeError as exc:  # a multi-byte character cut at the end is text
+            is_text = exc.start >= len(sample) - 3
+        is_text = is_text and not any(b < 32 and b not in b"\t\n\f\r" for b in sample)
+        kind = "text" if is_text else "binary data"
+    return f"{kind} ({shown})"
+
+
+def _hint_for(data: bytes) -> str:
+    return _ARC_HINT if data.startswith(b"filedesc://") else _NOT_A_WARC_HINT
+
+
+def _after_damaged_start(head: bytes) -> WarcFormat | None:
     """The format of a WARC whose first record is damaged at its very start: a gzip
     member that inflates to "WARC/", or a plain record after a record separator, within
-    the first `_DAMAGED_START_SCAN` bytes. The damaged stretch is then counted
+    `head` (up to `_DAMAGED_START_SCAN` bytes). The damaged stretch is then counted
     `corrupt_member` like any other, instead of the whole file being refused."""
-    with open(path, "rb") as f:
-        head = f.read(_DAMAGED_START_SCAN)
     i = head.find(GZIP_MAGIC, 1)
     while i != -1:
         try:
@@ -156,11 +253,9 @@ def iter_records(
     counts = Counter() if counts is None else counts
     fmt = detect_format(path)
     with open(path, "rb", buffering=_FILE_BUFFER) as f:
-        for offset, data in _units(f, fmt, os.fstat(f.fileno()).st_size, counts, _spool, path):
-            try:
-                yield from _parse_unit(offset, data, payload, max_payload_bytes, counts, path)
-            finally:
-                data.close()
+        size = os.fstat(f.fileno()).st_size
+        for offset, data, _ in _units(f, fmt, size, counts, _spool, path):
+            yield from _parse_unit(offset, data, payload, max_payload_bytes, counts, path)
 
 
 def read_records_at(
@@ -174,7 +269,9 @@ def read_records_at(
     """The records of the members starting at `offsets` (sorted, each once), and no others.
 
     An offset where no intact member starts is counted `corrupt_member` (or
-    `truncated`) and skipped, like damage met while streaming.
+    `truncated_tail`) and skipped, like damage met while streaming; a gzip member cut off
+    by the end of the file yields the complete records inflated before the cut, as
+    `iter_records` does (a whole-file gzip stream is one member at offset 0).
     """
     path = Path(path)
     counts = Counter() if counts is None else counts
@@ -185,8 +282,13 @@ def read_records_at(
             data = _spool()
             try:
                 status, _ = read_one(f, offset, data)
-                if status != "ok":
-                    counts["truncated" if status == "eof" else "corrupt_member"] += 1
+                if status == "eof":
+                    counts["truncated_tail"] += 1
+                    log.warning("%s: truncated: the file ends inside offset %d", path, offset)
+                    if fmt == "plain" or not _keep_complete_records(data):
+                        continue
+                elif status != "ok":
+                    counts["corrupt_member"] += 1
                     log.warning("%s: no intact member at offset %d (%s)", path, offset, status)
                     continue
                 yield from _parse_unit(offset, data, payload, max_payload_bytes, counts, path)
@@ -197,14 +299,15 @@ def read_records_at(
 def read_at(
     path: Path, offset: int, *, payload: bool = True, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
 ) -> list[WarcRecord]:
-    """The record(s) of the one member at `offset`; WarcFormatError if none is intact there."""
+    """The record(s) of the one member at `offset` (of a member cut off by the end of the
+    file: its complete records); WarcFormatError if there is none there."""
     counts: Counter[str] = Counter()
     records = list(
         read_records_at(
             path, [offset], payload=payload, max_payload_bytes=max_payload_bytes, counts=counts
         )
     )
-    if counts["corrupt_member"] or counts["truncated"]:
+    if not records and (counts["corrupt_member"] or counts["truncated_tail"]):
         raise WarcFormatError(f"{path}: no intact WARC member at offset {offset}")
     return records
 
@@ -214,18 +317,22 @@ def check_integrity(path: Path) -> IntegrityReport:
     path = Path(path)
     fmt = detect_format(path)
     counts: Counter[str] = Counter()
-    members = 0
+    members = tail_records = 0
     with open(path, "rb", buffering=_FILE_BUFFER) as f:
         size = os.fstat(f.fileno()).st_size
-        for _ in _units(f, fmt, size, counts, _Discard, path):
-            members += 1
+        for _, _, salvaged in _units(f, fmt, size, counts, _Discard, path):
+            if salvaged is None:
+                members += 1
+            else:
+                tail_records = salvaged
     return IntegrityReport(
         path=str(path),
         format=fmt,
         bytes=size,
         members=members,
         corrupt_members=counts["corrupt_member"],
-        truncated=counts["truncated"] > 0,
+        truncated_tail=counts["truncated_tail"],
+        tail_records=tail_records,
     )
 
 
@@ -251,43 +358,99 @@ def _units(
     counts: Counter[str],
     new_sink: Callable[[], Any],
     path: Path,
-) -> Iterator[tuple[int, Any]]:
-    """(offset, sink holding the member's bytes) for each intact member; counts the rest."""
+) -> Iterator[tuple[int, Any, int | None]]:
+    """(offset, sink holding the member's bytes, None) for each intact member; counts the
+    rest. A gzip file cut inside a member ends with (that member's offset, a spool of the
+    complete records inflated before the cut, how many), when there are any."""
     if fmt == "gzip":
         read_one, find_next = _inflate_member, _find_gzip_member
     else:
         read_one, find_next = _copy_plain_record, _find_plain_record
     pos = 0
-    damaged = False  # inside a damaged stretch: it is counted once
+    stretch: int | None = None  # where the damaged stretch we are in began: counted once
+    cut: int | None = None  # its first member that ran into the end of the file
     while True:
         if fmt == "plain":
             pos = _skip_blank_lines(f, pos)
         if pos >= size:
-            return
+            break
         sink = new_sink()
         status, end = read_one(f, pos, sink)
         if status == "ok":
-            damaged = False
+            if stretch is not None:
+                # a member that "ran to EOF" but has an intact one after it was damaged, not cut
+                counts["corrupt_member"] += 1
+                log.warning("%s: corrupt member at offset %d skipped", path, stretch)
+                stretch = cut = None
             try:
-                yield pos, sink
+                yield pos, sink, None
             finally:
                 sink.close()
             pos = end
             continue
         sink.close()
+        stretch = pos if stretch is None else stretch
+        cut = pos if cut is None and status == "eof" else cut
+        # the bytes of a cut member may hold false headers: they fail too, and the end of
+        # the file decides whether the stretch was damage or the cut
         nxt = find_next(f, pos + 1)
-        if nxt is None and status == "eof":
-            counts["truncated"] += 1
-            log.warning("%s: truncated: the member at offset %d is cut off", path, pos)
-            return
-        if not damaged:
-            # a member that "ran to EOF" but has an intact one after it was damaged, not cut
-            counts["corrupt_member"] += 1
-            log.warning("%s: corrupt member at offset %d skipped", path, pos)
-        damaged = True
         if nxt is None:
-            return
+            break
         pos = nxt
+    if stretch is None:
+        return
+    if cut is None or stretch < cut:  # damage before the cut, or no cut at all
+        counts["corrupt_member"] += 1
+        log.warning("%s: corrupt member at offset %d skipped", path, stretch)
+    if cut is None:
+        return
+    counts["truncated_tail"] += 1
+    if fmt == "plain":
+        log.warning("%s: truncated: the file ends inside the record at offset %d", path, cut)
+        return
+    data = _spool()
+    try:
+        _inflate_member(f, cut, data)  # "eof" again; what inflated before the cut is in data
+        n = _keep_complete_records(data)
+        log.warning(
+            "%s: truncated: the file ends inside the gzip member at offset %d; "
+            "%d complete record(s) read from it before the cut",
+            path,
+            cut,
+            n,
+        )
+        if n:
+            yield cut, data, n
+    finally:
+        data.close()
+
+
+def _keep_complete_records(data: Any) -> int:
+    """Cut `data` (a seekable spool: the inflated start of a gzip member cut off by the end
+    of the file) after its last complete record; return how many complete records it
+    holds. Records are walked by their Content-Length as in a plain WARC; a damaged one
+    is stepped over (the parser counts it `corrupt_record`), the cut one is dropped."""
+    size = data.seek(0, os.SEEK_END)
+    pos = keep = n = 0
+    while True:
+        pos = _skip_blank_lines(data, pos)
+        if pos >= size:
+            keep = size
+            break
+        status, end = _copy_plain_record(data, pos, _Discard())
+        if status == "ok":
+            n += 1
+            pos = keep = end
+            continue
+        if status == "eof":  # the record the cut runs through
+            break
+        nxt = _find_plain_record(data, pos + 1)
+        if nxt is None:
+            break
+        pos = nxt
+    data.truncate(keep)
+    data.seek(0)
+    return n
 
 
 def _inflate_member(f: BinaryIO, offset: int, sink: _Sink) -> tuple[str, int]:

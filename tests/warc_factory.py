@@ -374,3 +374,19 @@ def bloated_article(i: int, size: int) -> str:
     blob = "<script type='application/json'>" + repr(items).replace("'", '"') + "</script>\n"
     page = article(i)
     return page.replace("</body>", blob * (size // len(blob) + 1) + "</body>", 1)
+
+
+# --- files cut short, as a crawl delivers them -------------------------------------------
+
+
+def cut_file(path: Path, size: int) -> bytes:
+    """Keep only the first `size` bytes of `path` (a download cut off); return them."""
+    data = Path(path).read_bytes()[:size]
+    Path(path).write_bytes(data)
+    return data
+
+
+def inflated_prefix(data: bytes) -> bytes:
+    """What a gzip stream cut off anywhere inflates to before the cut (zlib, not gzip.open,
+    which refuses a stream without its end)."""
+    return zlib.decompressobj(31).decompress(data)
