@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import os
+import pickle
+import socket
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
@@ -15,6 +18,7 @@ import pytest
 from warc_factory import Capture, article, build_warc
 
 from fineflow.config import CommonCrawlConfig, DownloadConfig
+from fineflow.errors import FineflowError
 from storage.artifacts import verify
 from tasks.download import (
     DownloadError,
@@ -113,7 +117,12 @@ def test_plain_http_download_task(tmp_path: Path, server: _Server, warc_bytes: b
 
     assert m.warc == "a.warc.gz" and m.stage == "download"
     assert m.path(tmp_path / "data", "a.warc.gz").read_bytes() == warc_bytes
-    assert m.counts == {"bytes": len(warc_bytes), "members": 13, "corrupt_members": 0}
+    assert m.counts == {
+        "bytes": len(warc_bytes),
+        "members": 13,
+        "corrupt_members": 0,
+        "truncated_tail": 0,
+    }
     assert verify(tmp_path / "data", m) is None
     assert [f.path for f in m.files] == ["a.warc.gz"]  # no .part left behind
 
@@ -140,8 +149,9 @@ def test_interrupted_download_completes(
 
 def test_404_fails_fast_naming_the_url(tmp_path: Path, server: _Server) -> None:
     url = _url(server, "files", "nope.warc.gz")
-    with pytest.raises(DownloadError, match=f"{url}.*404"):
+    with pytest.raises(DownloadError, match=f"^HTTP 404 Not Found for {url}$") as info:
         fetch(url, tmp_path / "nope.warc.gz", FAST)
+    assert info.value.stage == "download" and "check" in info.value.hint
     assert len(server.hits["/files/nope.warc.gz"]) == 1  # a 404 will not heal by retrying
     assert not list(tmp_path.iterdir())
 
@@ -159,15 +169,44 @@ def test_connection_always_dropped_fails_after_retries(
     assert not list(out.iterdir())
 
 
-def test_server_with_truncated_file_fails(
+def test_server_with_truncated_file_is_accepted(
     tmp_path: Path, server: _Server, warc_bytes: bytes
 ) -> None:
-    """A body that matches its Content-Length but whose gzip ends mid-member."""
+    """A body that matches its Content-Length but whose gzip ends mid-member is the
+    server's own file: taken once, with its complete records, the half one counted."""
     server.files["cut.warc.gz"] = warc_bytes[:-30]
     url = _url(server, "files", "cut.warc.gz")
-    with pytest.raises(DownloadError, match=f"{url}.*truncated"):
-        fetch(url, tmp_path / "cut.warc.gz", FAST)
-    assert len(server.hits["/files/cut.warc.gz"]) == 3
+    [source] = describe_sources([url])
+    m = download_warc.fn(str(tmp_path / "data"), source, FAST)
+    assert m.counts["truncated_tail"] == 1 and m.counts["members"] == 12
+    assert m.path(tmp_path / "data", "cut.warc.gz").read_bytes() == warc_bytes[:-30]
+    assert len(server.hits["/files/cut.warc.gz"]) == 1  # not fetched again and again
+
+
+def test_a_short_read_of_a_truncated_file_is_still_resumed(
+    tmp_path: Path, server: _Server, warc_bytes: bytes
+) -> None:
+    server.files["cut.warc.gz"] = warc_bytes[:-30]
+    url = _url(server, "flaky", "cut.warc.gz")  # the first answer stops half way
+    report = fetch(url, tmp_path / "cut.warc.gz", FAST)
+    assert (tmp_path / "cut.warc.gz").read_bytes() == warc_bytes[:-30]
+    assert report.truncated_tail == 1 and report.members == 12
+    assert server.hits["/flaky/cut.warc.gz"] == [None, f"bytes={(len(warc_bytes) - 30) // 2}-"]
+
+
+def test_no_complete_record_is_refused(tmp_path: Path, server: _Server, warc_bytes) -> None:
+    """Cut inside its first record: nothing to keep, so the file is refused, once."""
+    server.files["stub.warc.gz"] = warc_bytes[:80]
+    url = _url(server, "files", "stub.warc.gz")
+    with pytest.raises(DownloadError, match=f"^{url}: no complete WARC record") as info:
+        fetch(url, tmp_path / "stub.warc.gz", FAST)
+    assert info.value.hint and len(server.hits["/files/stub.warc.gz"]) == 1
+    local = tmp_path / "stub.warc.gz"
+    local.write_bytes(warc_bytes[:80])
+    [source] = describe_sources([str(local)])
+    with pytest.raises(DownloadError, match="stub.warc.gz: no complete WARC record") as info:
+        download_warc.fn(str(tmp_path / "data"), source, FAST)
+    assert (info.value.stage, info.value.warc) == ("download", "stub.warc.gz")
 
 
 def test_local_path_and_file_uri(tmp_path: Path, warc_bytes: bytes) -> None:
@@ -189,18 +228,29 @@ def test_local_changes_change_the_key(tmp_path: Path, warc_bytes: bytes) -> None
     assert before.key != after.key and before.fingerprint != after.fingerprint
 
 
-def test_local_truncated_or_missing_file_is_a_clear_error(tmp_path: Path, warc_bytes) -> None:
+def test_local_truncated_file_is_taken_and_others_are_clear_errors(
+    tmp_path: Path, warc_bytes
+) -> None:
     cut = tmp_path / "cut.warc.gz"
     cut.write_bytes(warc_bytes[:-30])
-    with pytest.raises(DownloadError, match=r"cut\.warc\.gz.*truncated"):
-        fetch(str(cut), tmp_path / "out.warc.gz", FAST)
+    [source] = describe_sources([str(cut)])
+    assert source.content_sha256 is not None
+    m = download_warc.fn(str(tmp_path / "data"), source, FAST)
+    assert (m.counts["members"], m.counts["truncated_tail"]) == (12, 1)
     not_warc = tmp_path / "notes.warc.gz"
     not_warc.write_text("hello")
-    with pytest.raises(DownloadError, match=r"notes\.warc\.gz.*not a WARC"):
+    with pytest.raises(
+        DownloadError, match=r"notes\.warc\.gz: not a WARC file: it looks like text"
+    ):
         fetch(str(not_warc), tmp_path / "out.warc.gz", FAST)
     with pytest.raises(ValueError, match="missing.warc.gz: no such file"):
         describe_sources([str(tmp_path / "missing.warc.gz")])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.warc.gz", "notes.warc.gz", "src"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cut.warc.gz",
+        "data",
+        "notes.warc.gz",
+        "src",
+    ]
 
 
 def test_source_names_are_unique_and_safe(tmp_path: Path) -> None:
@@ -249,3 +299,149 @@ def test_resolve_common_crawl(tmp_path: Path, server: _Server) -> None:
     mirror = (tmp_path / "mirror").as_uri() + "/"
     from_disk = cfg.model_copy(update={"base_url": mirror, "offset": 4, "num_warcs": 1})
     assert resolve_common_crawl(from_disk, FAST) == [mirror + lines[4]]
+
+
+# --- cheap refusals and errors that name the URL --------------------------------------
+
+HTML = b"<!DOCTYPE html><html><body>" + b"<p>secret session token</p>" * 40_000 + b"</body></html>"
+
+
+def _full_part(dest: Path) -> Path:
+    """Make the download's .part for `dest` a link to /dev/full: any byte written to it
+    fails with ENOSPC, so a refusal that comes first proves nothing was written."""
+    part = dest.with_name(f".{dest.name}.part")
+    part.symlink_to("/dev/full")
+    return part
+
+
+needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+
+
+def _refused_as_html(exc: DownloadError, where: str) -> None:
+    assert exc.reason.startswith(f"{where}: not a WARC file: it looks like an HTML page")
+    assert "(starts with 3c21444f43545950)" in exc.reason
+    assert "secret" not in exc.reason + exc.hint and exc.stage == "download" and exc.hint
+
+
+@needs_dev_full
+def test_a_non_warc_is_refused_from_its_first_bytes(tmp_path: Path, server: _Server) -> None:
+    """A 1 MB HTML page under a WARC's name: refused from its first bytes, before one
+    byte is written (the .part is /dev/full) and before the local one is hashed."""
+    page = tmp_path / "page.warc.gz"
+    page.write_bytes(HTML)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    [source] = describe_sources([str(page)])  # never raises for one bad file
+    assert source.content_sha256 is None
+    with pytest.raises(DownloadError) as info:
+        download_warc.fn(str(tmp_path / "data"), source, FAST)
+    _refused_as_html(info.value, str(page))
+    assert info.value.warc == "page.warc.gz"
+
+    _full_part(out / "a.warc.gz")
+    with pytest.raises(DownloadError) as info:
+        fetch(str(page), out / "a.warc.gz", FAST)
+    _refused_as_html(info.value, str(page))
+
+    server.files["page.warc.gz"] = HTML
+    url = _url(server, "files", "page.warc.gz")
+    _full_part(out / "b.warc.gz")
+    with pytest.raises(DownloadError) as info:
+        fetch(url, out / "b.warc.gz", FAST)
+    _refused_as_html(info.value, url)
+    assert len(server.hits["/files/page.warc.gz"]) == 1  # not retried
+
+    with fsspec.open("memory://fineflow-test/page.warc.gz", "wb") as f:
+        f.write(HTML)
+    _full_part(out / "c.warc.gz")
+    with pytest.raises(DownloadError) as info:
+        fetch("memory://fineflow-test/page.warc.gz", out / "c.warc.gz", FAST)
+    _refused_as_html(info.value, "memory://fineflow-test/page.warc.gz")
+    assert not list(out.iterdir())  # the .part links are gone too
+
+
+@needs_dev_full
+def test_a_full_disk_names_the_path_and_is_not_retried(
+    tmp_path: Path, server: _Server, warc_bytes: bytes
+) -> None:
+    src = tmp_path / "src" / "CC-MAIN-x-00000.warc.gz"
+    server.files["a.warc.gz"] = warc_bytes
+    for n, uri in enumerate([str(src), _url(server, "files", "a.warc.gz")]):
+        dest = tmp_path / f"{n}.warc.gz"
+        _full_part(dest)
+        with pytest.raises(FineflowError, match=f"^disk full while writing {dest} ") as info:
+            fetch(uri, dest, FAST)
+        assert info.value.stage == "download" and "data_root" in info.value.hint
+    assert len(server.hits["/files/a.warc.gz"]) == 1
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_connection_refused_names_host_and_port(tmp_path: Path) -> None:
+    port = _closed_port()
+    url = f"http://127.0.0.1:{port}/crawl/x.warc.gz"
+    with pytest.raises(DownloadError) as info:
+        fetch(url, tmp_path / "x.warc.gz", FAST)
+    assert info.value.reason == (
+        f"{url}: failed after 3 attempts: connection refused by 127.0.0.1:{port}"
+    )
+    assert "port" in info.value.hint and info.value.stage == "download"
+    again = pickle.loads(pickle.dumps(info.value))
+    assert (type(again), again.reason, again.hint) == (
+        DownloadError,
+        info.value.reason,
+        info.value.hint,
+    )
+
+
+def test_a_host_that_never_answers_times_out_in_words(tmp_path: Path) -> None:
+    with socket.socket() as listener:  # accepts connections (the backlog), answers nothing
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        url = f"http://127.0.0.1:{port}/x.warc.gz"
+        cfg = DownloadConfig(retries=1, backoff_s=0.01, timeout_s=0.2)
+        with pytest.raises(DownloadError) as info:
+            fetch(url, tmp_path / "x.warc.gz", cfg)
+    assert info.value.reason.endswith(f"no answer from 127.0.0.1:{port} (timed out)")
+    assert "download.timeout_s" in info.value.hint
+
+
+def test_unknown_host_in_words() -> None:
+    from urllib.error import URLError
+
+    from tasks.download import _in_words
+
+    lookup = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    words = _in_words(URLError(lookup), "https://nowhere.invalid/x.warc.gz")
+    assert words.startswith("host not found: nowhere.invalid")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("s3fs") is None, reason="s3fs not installed")
+def test_s3_without_credentials_says_how_to_give_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """s3fs pointed at a local endpoint (a closed port: nothing leaves this machine) with
+    every credential source unset: botocore's NoCredentialsError, in words."""
+    import s3fs
+
+    for name in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+    s3fs.S3FileSystem.clear_instance_cache()
+    uri = "s3://fineflow-test/crawl-data/x.warc.gz"
+    try:
+        with pytest.raises(DownloadError, match=f"^no AWS credentials to read {uri}$") as info:
+            fetch(uri, tmp_path / "x.warc.gz", FAST)
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    hint = info.value.hint
+    assert "AWS_ACCESS_KEY_ID" in hint and "AWS_PROFILE" in hint and '"anon": true' in hint
