@@ -37,7 +37,7 @@ records.parquet: id (record uuid), offset (int64, gzip member), url, host, date,
 status (int32, null if none), content_type, keep, reason (null when kept).
 Counts: total (responses), kept, dropped_<reason> (the filter's reasons and not_html
 always present; status_<n>, no_http, bad_url when seen), and the reader's
-skipped_corrupt_member, skipped_truncated, skipped_corrupt_record.
+skipped_corrupt_member, skipped_truncated_tail, skipped_corrupt_record.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ from fineflow.config import DownloadConfig, UrlFilterConfig
 from storage.artifacts import ArtifactWriter, Manifest, load_manifest, stage_key, verify
 from tasks.warc import WarcRecord, iter_records
 
-STAGE_VERSION = 5  # 3: records after a bad one in a gzip member read; 4: record ids checked;
-# 5: IDN hosts matched in their IDNA (xn--) form
+STAGE_VERSION = 6  # 3: records after a bad one in a gzip member read; 4: record ids checked;
+# 5: IDN hosts matched in their IDNA (xn--) form; 6: cut tails salvaged, skipped_truncated_tail
 
 log = logging.getLogger("fineflow.url_filter")
 
@@ -437,7 +437,7 @@ def filter_warc(
     result = {"total": 0, "kept": 0}
     result.update({f"dropped_{r}": 0 for r in (*FILTER_REASONS, "not_html")})
     result.update(counts)
-    for name in ("corrupt_member", "truncated", "corrupt_record"):
+    for name in ("corrupt_member", "truncated_tail", "corrupt_record"):
         result[f"skipped_{name}"] = reader[name]
     return dict(sorted(result.items()))
 

@@ -64,13 +64,19 @@ def test_schedule_grows_the_corpus_by_the_next_batch_and_trains_on_demand(
     assert trained.outputs["dedup"] == corpus  # trained on exactly the grown corpus
 
 
-def test_a_missing_warc_fails_the_run_naming_its_url(prefect_server, warcs, tmp_path):
+def test_a_missing_warc_is_named_with_its_url_and_the_others_go_on(
+    prefect_server, warcs, tmp_path
+):
     from flows.grow import grow_corpus
 
     crawl = Crawl(CRAWL, warcs, missing={warcs[1].name})
-    with serve(crawl) as base, pytest.raises(Exception, match="HTTP 404") as err:
-        grow_corpus(cc_config(tmp_path, base), batch=3)
-    assert f"{base}{crawl.warc_path(warcs[1].name)}" in str(err.value)
+    with serve(crawl) as base:
+        result = grow_corpus(cc_config(tmp_path, base), batch=3)
+    (failure,) = result.failures
+    assert failure.warc == warcs[1].name and failure.stage == "download"
+    assert "HTTP 404" in failure.reason
+    assert f"{base}{crawl.warc_path(warcs[1].name)}" in failure.reason
+    assert result.outputs["dedup"] is not None  # built from the two that were there
 
 
 def test_slow_server_and_dropped_connection_still_give_the_exact_warcs(

@@ -133,7 +133,7 @@ def test_filter_warc_rows_and_counts(tmp_path: Path, cfg: UrlFilterConfig) -> No
         "dropped_soft_banned_words": 0,
         "dropped_banned_subword": 0,
         "skipped_corrupt_member": 0,
-        "skipped_truncated": 0,
+        "skipped_truncated_tail": 0,
         "skipped_corrupt_record": 0,
     }
 
@@ -144,7 +144,7 @@ def test_damaged_warc_counts_reader_skips(tmp_path: Path, cfg: UrlFilterConfig) 
     build_warc(path, caps, corrupt_crc=(1,), truncate=20)
     counts = filter_warc(path, tmp_path / "r.parquet", cfg)
     assert counts["total"] == counts["kept"] == 2
-    assert (counts["skipped_corrupt_member"], counts["skipped_truncated"]) == (1, 1)
+    assert (counts["skipped_corrupt_member"], counts["skipped_truncated_tail"]) == (1, 1)
 
 
 def test_task_on_downloaded_warc(tmp_path: Path, cfg: UrlFilterConfig) -> None:
