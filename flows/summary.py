@@ -151,8 +151,12 @@ def _wait_all(futures: list[PrefectFuture]) -> None:
 
 def _state(future: PrefectFuture):
     """The future's final state; None for a task run that never started: a process pool
-    raises its upstream's failure (UpstreamTaskError) from `.state` instead of a state."""
+    raises its upstream's failure (UpstreamTaskError) from `.state` instead of a state.
+
+    `wait` first: it sets the final state from the task's own result; without it `.state`
+    asks the API, which may not have heard of the end yet (a failed task read "Running")."""
     try:
+        future.wait()
         return future.state
     except Exception:
         return None
