@@ -2,26 +2,31 @@
 
 House rule: a killed run never leaves an artifact that a later run trusts, and training
 resumes from its last checkpoint. The CLI runs as a subprocess in its own process group
-(its process-pool and extraction workers with it). A watcher polls the data root; when
-the moment it waits for comes (a stage's first `.tmp-*` directory, a new training
-checkpoint), it stops the whole group with SIGSTOP, records what is on disk at that
-instant (which artifacts are committed, which are half written, which checkpoints exist:
-where the kill landed), then SIGKILLs the group and starts the run again. After the
-last kill the run finishes, and its artifacts are compared with those of an
-uninterrupted run of the same configuration on another data root.
+(its process-pool and extraction workers with it). No moment is waited for by the clock
+or caught by polling the data root (a quick stage, or a loaded machine, would slip past
+it): every Python process of a killed run imports a `sitecustomize` that watches its own
+file operations (an audit hook, `_stop_at_the_kill_point`) and, at the moment asked for
+(a stage's scratch directory `.<key>.tmp-*` in place, a new training checkpoint in
+place, a checkpoint's temporary file open), writes a marker file and stops itself with
+SIGSTOP. The test waits for the marker, stops the whole group, records what is on disk
+at that instant (which artifacts are committed, which are half written, which
+checkpoints exist: where the kill landed), then SIGKILLs the group and starts the run
+again. After the last kill the run finishes, and its artifacts are compared with those
+of an uninterrupted run of the same configuration on another data root.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +39,8 @@ from storage.layout import work_dir
 
 pytestmark = pytest.mark.slow
 
-POLL_S = 0.003
-RUN_TIMEOUT_S = 300
+POLL_S = 0.02  # how often the test looks for the marker (the run is frozen meanwhile)
+RUN_TIMEOUT_S = 300  # a guard against a hung run, never a kill point
 TRAIN = {
     # Longer than small_config's 12 steps so that a kill lands between checkpoints with
     # a wide margin: 60 steps of a 1-layer, 32-wide GPT take well under a second on CPU.
@@ -44,15 +49,22 @@ TRAIN = {
     "keep_checkpoints": 2,
     "log_every": 5,
 }
-RESUMED = re.compile(r"resuming from \S*ckpt_(\d+)\.pt at step (\d+)")
+# what the terminal of `fineflow run` says (through Prefect's run logger) when it resumes
+RESUMED = re.compile(r"train: resumed from step (\d+) of (\d+) \(ckpt_(\d+)\.pt\)")
+KILL_AT, KILL_MARK = "FINEFLOW_TEST_KILL_AT", "FINEFLOW_TEST_KILL_MARK"
 
 Snapshot = dict[str, dict[str, list[str]]]  # stage -> {"committed", "tmp", "ckpts", ...: names}
+
+
+def _special(d: Path) -> bool:
+    """The data root's own directories, not a stage's: `_prefect` (results), `_logs`."""
+    return d.name.startswith("_")
 
 
 def snapshot(root: Path) -> Snapshot:
     """What each stage directory holds right now."""
     out: Snapshot = {}
-    for stage_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "_prefect"):
+    for stage_dir in sorted(p for p in root.iterdir() if p.is_dir() and not _special(p)):
         entry: dict[str, list[str]] = {"committed": [], "tmp": [], "ckpts": [], "ckpt_tmp": []}
         for d in sorted(stage_dir.iterdir()):
             if ".tmp-" in d.name:
@@ -66,55 +78,121 @@ def snapshot(root: Path) -> Snapshot:
     return out
 
 
-def _names(root: Path, stage: str, pattern: str) -> set[str]:
-    d = root / stage
-    return {p.name for p in d.glob(pattern)} if d.is_dir() else set()
+def _stop_at_the_kill_point() -> None:
+    """The kill points, run at the start of every Python process of a killed run (copied
+    into its `sitecustomize`; stdlib only, self-contained).
+
+    $FINEFLOW_TEST_KILL_AT is `KIND:DIR`. An audit hook sees the process's renames and
+    opens; at the first event after the moment KIND (its path then exists) in the thread
+    that made it (another thread's might come while that one is past the moment, inside
+    its next rename) it writes $FINEFLOW_TEST_KILL_MARK ({"pid", "thread", "event",
+    "path"}) and stops the process (SIGSTOP):
+    - scratch: a stage's `.<key>.tmp-*` directory renamed into place in DIR (the stage),
+      before anything is committed from it;
+    - checkpoint: a `ckpt_*.pt` renamed into place in a work dir under DIR (train);
+    - checkpoint_tmp: a checkpoint's `.ckpt_*.pt.tmp-*` opened for writing there.
+    """
+    import _thread
+    import json
+    import os
+    import re
+    import signal
+    import sys
+
+    spec, mark = os.environ.get("FINEFLOW_TEST_KILL_AT"), os.environ.get("FINEFLOW_TEST_KILL_MARK")
+    if not spec or not mark:
+        return
+    kind, _, where = spec.partition(":")
+    where = os.path.realpath(where)
+    names = {
+        "scratch": (r"\..+\.tmp-[0-9a-f]+", 1, "os.rename", 1),
+        "checkpoint": (r"ckpt_\d+\.pt", 2, "os.rename", 1),
+        "checkpoint_tmp": (r"\.ckpt_\d+\.pt\.tmp-[0-9a-f]+", 2, "open", 0),
+    }
+    pattern, depth, watched, arg = names[kind]  # depth: levels from the file up to DIR
+    state: dict = {"pending": None, "thread": None}
+    busy: set[int] = set()  # threads inside the hook: its own file operations raise events
+
+    def aimed_at(path: object) -> bool:
+        if not isinstance(path, (str, os.PathLike)):
+            return False  # an fd
+        path = os.fspath(path)
+        if isinstance(path, bytes) or not re.fullmatch(pattern, os.path.basename(path)):
+            return False
+        up = path
+        for _ in range(depth):
+            up = os.path.dirname(os.path.abspath(up))
+        return os.path.realpath(up) == where
+
+    def stop(event: str, path: str) -> None:
+        tmp = f"{mark}.part"
+        with open(tmp, "w") as f:
+            json.dump(
+                {"pid": os.getpid(), "thread": state["thread"], "event": event, "path": path}, f
+            )
+        os.rename(tmp, mark)
+        # Frozen at the moment; the test kills it. Sent to this thread: a signal sent to the
+        # process reaches the main thread first, and this one (a task runner's) would carry
+        # on into its rename before the group stop caught up with it.
+        signal.pthread_kill(_thread.get_ident(), signal.SIGSTOP)
+
+    def hook(event: str, args: tuple) -> None:
+        me = _thread.get_ident()
+        if me in busy or (state["pending"] is None and event != watched):
+            return
+        busy.add(me)
+        try:
+            if state["pending"] is not None:
+                if state["thread"] == me and os.path.lexists(state["pending"]):
+                    stop(event, state["pending"])
+            elif (
+                len(args) > arg
+                and aimed_at(args[arg])
+                and (event != "open" or "w" in str(args[1] or ""))
+            ):
+                state["pending"] = os.fspath(args[arg])  # raised before the syscall
+                state["thread"] = me
+        except Exception:
+            pass  # never break the run under test
+        finally:
+            busy.discard(me)
+
+    sys.addaudithook(hook)
 
 
-def new_tmp_dir(stage: str) -> Callable[[Path, Snapshot], bool]:
-    """True once a `.tmp-*` directory that was not there at the start appears under `stage`."""
+@dataclass(frozen=True)
+class KillPoint:
+    moment: str  # "inside <stage>[, ...]"
+    kind: str  # _stop_at_the_kill_point's KIND
+    stage: str
 
-    def hit(root: Path, start: Snapshot) -> bool:
-        old = set(start.get(stage, {}).get("tmp", []))
-        return bool(_names(root, stage, ".*.tmp-*") - old)
-
-    hit.__name__ = f"inside {stage}"
-    return hit
-
-
-def new_checkpoint(root: Path, start: Snapshot) -> bool:
-    """True once training wrote a checkpoint that was not there at the start."""
-    old = set(start.get("train", {}).get("ckpts", []))
-    d = root / "train"
-    have = {p.name for p in d.glob(".*.work/ckpt_*.pt")} if d.is_dir() else set()
-    return bool(have - old)
+    def env(self, root: Path, mark: Path) -> dict[str, str]:
+        return {KILL_AT: f"{self.kind}:{root / self.stage}", KILL_MARK: str(mark)}
 
 
-new_checkpoint.__name__ = "inside train, after a new checkpoint"
+def kill_hook_dir(base: Path) -> Path:
+    """A directory holding the `sitecustomize` that every process of a killed run imports."""
+    d = base / "kill-hook"
+    d.mkdir(exist_ok=True)
+    source = textwrap.dedent(inspect.getsource(_stop_at_the_kill_point))
+    (d / "sitecustomize.py").write_text(
+        f"# written by tests/test_kill.py\n{source}\n\n_stop_at_the_kill_point()\n"
+    )
+    return d
 
 
-def checkpoint_being_written(root: Path, start: Snapshot) -> bool:
-    """True once training starts writing a checkpoint (its temporary file appears),
-    or, if that moment was missed, once a new checkpoint is there."""
-    old = set(start.get("train", {}).get("ckpt_tmp", []))
-    d = root / "train"
-    writing = {p.name for p in d.glob(".*.work/.ckpt_*.tmp-*")} if d.is_dir() else set()
-    return bool(writing - old) or new_checkpoint(root, start)
-
-
-checkpoint_being_written.__name__ = "inside train, writing a checkpoint"
-
-# Each killed run waits for its moment; the next run starts where the last one was killed.
-KILLS: list[Callable[[Path, Snapshot], bool]] = [
-    new_tmp_dir("download"),
-    new_tmp_dir("extract"),
-    new_tmp_dir("dedup"),
-    new_tmp_dir("shard"),
-    new_checkpoint,
-    # the resumed run killed again, while it writes its next checkpoint: the half-written
-    # file is not resumed from, the newest whole one is
-    checkpoint_being_written,
-    new_tmp_dir("evaluate"),
+# Each killed run stops at its moment; the next run starts where the last one was killed.
+KILLS: list[KillPoint] = [
+    KillPoint("inside download", "scratch", "download"),
+    KillPoint("inside extract", "scratch", "extract"),
+    KillPoint("inside dedup", "scratch", "dedup"),
+    KillPoint("inside shard", "scratch", "shard"),
+    KillPoint("inside train, after a new checkpoint", "checkpoint", "train"),
+    # the resumed run killed again, while it writes its next checkpoint: its temporary
+    # file (half written, or written and not yet renamed) is not resumed from, the newest
+    # whole checkpoint is
+    KillPoint("inside train, writing a checkpoint", "checkpoint_tmp", "train"),
+    KillPoint("inside evaluate", "scratch", "evaluate"),
 ]
 
 
@@ -126,6 +204,7 @@ class Run:
     moment: str = ""
     at_kill: Snapshot = field(default_factory=dict)
     at_start: Snapshot = field(default_factory=dict)
+    stopped: dict[str, object] = field(default_factory=dict)  # the marker: pid, event, path
 
 
 def _group_gone(pgid: int, within_s: float = 10.0) -> bool:
@@ -144,11 +223,15 @@ def fineflow(
     cfg_path: Path,
     env: dict[str, str],
     log: Path,
-    until: Callable[[Path, Snapshot], bool] | None = None,
+    until: KillPoint | None = None,
 ) -> Run:
-    """`fineflow COMMAND --config cfg_path`; with `until`, SIGKILLed when it comes true."""
+    """`fineflow COMMAND --config cfg_path`; with `until`, SIGKILLed at that moment."""
     root = Path(json.loads(cfg_path.read_text())["data_root"])
     start = snapshot(root) if root.is_dir() else {}
+    mark = log.with_suffix(".stopped.json")
+    mark.unlink(missing_ok=True)
+    if until is not None:
+        env = {**env, **until.env(root, mark)}
     t0 = time.monotonic()
     with open(log, "w") as out:
         proc = subprocess.Popen(
@@ -159,9 +242,14 @@ def fineflow(
             start_new_session=True,  # its own process group: workers die with it
         )
         try:
-            while proc.poll() is None:
-                if until is not None and root.is_dir() and until(root, start):
-                    os.killpg(proc.pid, signal.SIGSTOP)  # freeze the moment, then look
+            while True:
+                try:
+                    proc.wait(timeout=POLL_S)
+                    break  # it ended by itself
+                except subprocess.TimeoutExpired:
+                    pass
+                if until is not None and mark.exists():  # one process is frozen at the moment
+                    os.killpg(proc.pid, signal.SIGSTOP)  # and now all of them: look
                     at_kill = snapshot(root)
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
@@ -170,13 +258,13 @@ def fineflow(
                         None,
                         log.read_text(),
                         time.monotonic() - t0,
-                        until.__name__,
+                        until.moment,
                         at_kill,
                         start,
+                        json.loads(mark.read_text()),
                     )
                 if time.monotonic() - t0 > RUN_TIMEOUT_S:
                     raise TimeoutError(f"fineflow {command} ran past {RUN_TIMEOUT_S}s")
-                time.sleep(POLL_S)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -202,7 +290,7 @@ def committed(root: Path) -> dict[str, set[tuple[str, str | None, str]]]:
     """stage -> {(key, warc, content fingerprint)} of every artifact under its final name."""
     out: dict[str, set[tuple[str, str | None, str]]] = {}
     for stage_dir in root.iterdir():
-        if not stage_dir.is_dir() or stage_dir.name == "_prefect":
+        if not stage_dir.is_dir() or _special(stage_dir):
             continue
         for d in stage_dir.iterdir():
             if d.name.startswith(".") or not d.is_dir():
@@ -222,13 +310,17 @@ def runs(prefect_server, warcs, tmp_path_factory):
     from prefect.settings import PREFECT_API_URL
 
     base = tmp_path_factory.mktemp("kill")
+    hook = kill_hook_dir(base)
     env = {
         **os.environ,
         # the session's test server: no temporary server started per run (~8 s each)
         "PREFECT_API_URL": PREFECT_API_URL.value(),
-        # fineflow's INFO lines (training's "resuming from ...") reach the run's output
-        "PREFECT_LOGGING_ROOT_LEVEL": "INFO",
+        # every process of a run (spawned pool workers too) imports the kill hook, which
+        # does nothing unless FINEFLOW_TEST_KILL_AT is set
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])),
     }
+    env.pop(KILL_AT, None)
+    env.pop(KILL_MARK, None)
     configs = {}
     for name in ("killed", "reference"):
         cfg = small_config(base / name, warcs[:2], train=TRAIN)
@@ -240,13 +332,14 @@ def runs(prefect_server, warcs, tmp_path_factory):
     killed = []
     for i, moment in enumerate(KILLS):
         run = fineflow("run", cfg_path, env, base / f"killed-{i}.log", until=moment)
-        assert run.rc is None, f"run {i} ended ({run.rc}) before {moment.__name__}:\n{run.output}"
+        assert run.rc is None, f"run {i} ended ({run.rc}) before {moment.moment}:\n{run.output}"
         killed.append(run)
     last = fineflow("run", cfg_path, env, base / "last.log")
     reference = fineflow("run", configs["reference"][1], env, base / "reference.log")
     status = fineflow("status", cfg_path, env, base / "status.log")
     for i, run in enumerate(killed):
-        print(f"kill {i} ({run.moment}) after {run.seconds:.1f}s: {landing(run)}")
+        stopped = f"{run.stopped['event']} {Path(str(run.stopped['path'])).name}"
+        print(f"kill {i} ({run.moment}) after {run.seconds:.1f}s at {stopped}: {landing(run)}")
     print(f"last run {last.seconds:.1f}s, reference {reference.seconds:.1f}s")
     return {
         "killed": killed,
@@ -260,16 +353,19 @@ def runs(prefect_server, warcs, tmp_path_factory):
 
 def test_every_kill_landed_inside_the_stage_it_aimed_at(runs):
     """Each kill came after its stage began writing and before it had finished
-    (training: with a checkpoint on disk and no model committed yet)."""
+    (training: with a checkpoint on disk and no model committed yet), at the very file
+    the kill point names: the scratch directory, the new checkpoint, the temporary file."""
     final = committed(runs["cfg"].data_root)
-    for run in runs["killed"]:
-        if run.moment.startswith("inside train"):
-            train = run.at_kill["train"]
-            assert train["ckpts"] and not train["committed"], (run.moment, landing(run))
+    for run, point in zip(runs["killed"], KILLS, strict=True):
+        name = Path(str(run.stopped["path"])).name
+        entry = run.at_kill[point.stage]
+        where = {"scratch": "tmp", "checkpoint": "ckpts", "checkpoint_tmp": "ckpt_tmp"}
+        before = run.at_start.get(point.stage, {}).get(where[point.kind], [])
+        assert name in entry[where[point.kind]] and name not in before, (run.moment, name)
+        if point.stage == "train":
+            assert entry["ckpts"] and not entry["committed"], (run.moment, landing(run))
         else:
-            stage = run.moment.removeprefix("inside ")
-            done = len(run.at_kill[stage]["committed"])
-            assert done < len(final[stage]), (run.moment, landing(run))
+            assert len(entry["committed"]) < len(final[point.stage]), (run.moment, landing(run))
 
 
 def test_after_the_kills_the_run_finishes_and_equals_an_uninterrupted_one(runs):
@@ -298,7 +394,7 @@ def test_every_artifact_under_its_final_name_is_whole(runs):
     root = runs["cfg"].data_root
     seen = 0
     for stage_dir in root.iterdir():
-        if not stage_dir.is_dir() or stage_dir.name == "_prefect":
+        if not stage_dir.is_dir() or _special(stage_dir):
             continue
         for d in stage_dir.iterdir():
             if d.name.startswith("."):
@@ -330,9 +426,9 @@ def test_training_resumed_from_the_checkpoint_the_kill_left(runs):
         if not run.moment.startswith("inside train"):
             continue
         newest = max(int(n[len("ckpt_") : -len(".pt")]) for n in run.at_kill["train"]["ckpts"])
-        found = RESUMED.findall(nxt.output)
+        found = RESUMED.findall(nxt.output)  # the terminal's output, at the default levels
         assert found, nxt.output
-        assert {(int(a), int(b)) for a, b in found} == {(newest, newest)}
+        assert {tuple(map(int, f)) for f in found} == {(newest, TRAIN["steps"], newest)}
         resumed += 1
     assert resumed == 2
     cfg = runs["cfg"]
