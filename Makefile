@@ -60,7 +60,7 @@ ui: setup
 	@if kill -0 "$$(cat $(UI_RUN)/worker.pid 2>/dev/null)" 2>/dev/null; then \
 	  echo "worker already running (pid $$(cat $(UI_RUN)/worker.pid))"; \
 	else \
-	  PREFECT_API_URL=$(UI_API) FINEFLOW_HOME=$(CURDIR) nohup $(VENV)/bin/prefect worker start \
+	  PREFECT_API_URL=$(UI_API) FINEFLOW_HOME=$(CURDIR) nohup env --default-signal=INT $(VENV)/bin/prefect worker start \
 	    --pool $(POOL) --type process > $(UI_RUN)/worker.log 2>&1 & echo $$! > $(UI_RUN)/worker.pid; \
 	fi
 	@echo "Prefect UI: http://127.0.0.1:$(UI_PORT)  (server and worker logs in $(UI_RUN))"
