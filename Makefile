@@ -31,7 +31,7 @@ chromium:
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 lint: setup
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/pytest -q tests/test_layers.py
 
 # A local Prefect server on http://127.0.0.1:4200 and a worker for the `fineflow-process`
 # pool, both in the background (pids and logs in $(UI_RUN)); `make ui-stop` stops both.
@@ -60,7 +60,7 @@ ui: setup
 	@if kill -0 "$$(cat $(UI_RUN)/worker.pid 2>/dev/null)" 2>/dev/null; then \
 	  echo "worker already running (pid $$(cat $(UI_RUN)/worker.pid))"; \
 	else \
-	  PREFECT_API_URL=$(UI_API) FINEFLOW_HOME=$(CURDIR) nohup env --default-signal=INT $(VENV)/bin/prefect worker start \
+	  PREFECT_API_URL=$(UI_API) FINEFLOW_DATA_ROOT=$(CURDIR)/data nohup env --default-signal=INT $(VENV)/bin/prefect worker start \
 	    --pool $(POOL) --type process > $(UI_RUN)/worker.log 2>&1 & echo $$! > $(UI_RUN)/worker.pid; \
 	fi
 	@echo "Prefect UI: http://127.0.0.1:$(UI_PORT)  (server and worker logs in $(UI_RUN))"
@@ -109,7 +109,7 @@ ui-stop:
 
 # prefect.yaml's deployments on the server `make ui` started (flow code runs from this checkout).
 deploy: setup
-	PREFECT_API_URL=$(UI_API) FINEFLOW_HOME=$(CURDIR) $(VENV)/bin/prefect --no-prompt deploy --all
+	PREFECT_API_URL=$(UI_API) FINEFLOW_DATA_ROOT=$(CURDIR)/data $(VENV)/bin/prefect --no-prompt deploy --all
 
 clean:
 	rm -rf data test-output

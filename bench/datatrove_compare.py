@@ -97,9 +97,9 @@ def fineflow_side(warc: Path, assets: Path) -> dict:
     import pyarrow.parquet as pq
 
     from fineflow.config import ExtractConfig, FilterConfig, UrlFilterConfig
-    from tasks.extract import extract_docs
-    from tasks.filter_docs import filter_docs
-    from tasks.url_filter import filter_warc
+    from fineflow.tasks.extract import extract_docs
+    from fineflow.tasks.filter_docs import filter_docs
+    from fineflow.tasks.url_filter import filter_warc
 
     cfg = UrlFilterConfig(
         blocklist=assets / "url_filterblacklistsv0_3_0.tar.gz",
@@ -155,7 +155,7 @@ def main() -> None:
         return
 
     from fineflow.config import FineWebFilterConfig
-    from tasks.quality import lid_model_path
+    from fineflow.tasks.quality import lid_model_path
 
     assets = Path(
         subprocess.run(

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fineflow.config import DedupConfig
-from storage import catalog
-from tasks.dedup import dedup_corpus
+from fineflow.storage import catalog
+from fineflow.tasks.dedup import dedup_corpus
 
 BANDS = 14
 

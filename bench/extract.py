@@ -19,9 +19,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from fineflow.config import SAMPLE_DIR, ExtractConfig, FilterConfig, UrlFilterConfig
-from tasks.extract import extract_docs
-from tasks.filter_docs import filter_docs
-from tasks.url_filter import filter_warc
+from fineflow.tasks.extract import extract_docs
+from fineflow.tasks.filter_docs import filter_docs
+from fineflow.tasks.url_filter import filter_warc
 
 
 def one_warc(warc: str) -> tuple[int, int, int, float, float]:

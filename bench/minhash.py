@@ -13,11 +13,14 @@ import argparse
 import glob
 import os
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from fineflow.config import REPO_ROOT, MinHashConfig
-from tasks.minhash import band_keys, datasketch_signature, shingles, signatures
+from fineflow.config import MinHashConfig
+from fineflow.tasks.minhash import band_keys, datasketch_signature, shingles, signatures
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def rate(texts: list[str], fn, batch: int = 1024) -> float:

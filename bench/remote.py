@@ -49,7 +49,7 @@ def main() -> None:
     from e2e import SAMPLE_WARCS, head_warc, small_config
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.pipeline import pipeline
+    from fineflow.flows.pipeline import pipeline
 
     fs = fsspec.filesystem("s3")
     fs.mkdir("bench")
@@ -98,8 +98,8 @@ def main() -> None:
     print(f"mirrored: {mirrored / 1e6:.1f} MB in {len(fs.find('bench/r'))} objects")
 
     # the mirror alone, without Prefect: every artifact of the first run, up and down
-    from storage.artifacts import Manifest
-    from storage.remote import Remote
+    from fineflow.storage.artifacts import Manifest
+    from fineflow.storage.remote import Remote
 
     found = sorted((tmp / "m1").glob("*/*/manifest.json"))
     ms = [Manifest.model_validate_json(p.read_text()) for p in found]

@@ -16,14 +16,15 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from fineflow.config import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def measure(cores: int, docs: str, vocab: int) -> None:
     import pyarrow.parquet as pq
 
-    from tasks.tokenizer import hf_encoder, tiktoken_encoder, train_bpe
+    from fineflow.tasks.tokenizer import hf_encoder, tiktoken_encoder, train_bpe
 
     texts = [
         t

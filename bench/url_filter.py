@@ -19,7 +19,13 @@ import time
 from pathlib import Path
 
 from fineflow.config import UrlFilterConfig
-from tasks.url_filter import UrlFilter, _cached_blocklist, host_of, read_blocklist, url_reason
+from fineflow.tasks.url_filter import (
+    UrlFilter,
+    _cached_blocklist,
+    host_of,
+    read_blocklist,
+    url_reason,
+)
 
 TLDS = ["com", "net", "org", "fr", "de", "ru", "co.uk", "com.br", "info", "xyz"]
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fineflow.config import REPO_ROOT, STAGES, PipelineConfig
+from fineflow.config import PRESETS_FILE, STAGES, PipelineConfig
 
 # Where each output a user looks for lives inside its stage's artifact.
 OUTPUTS = (
@@ -93,7 +93,7 @@ def preset(name: str) -> dict[str, Any]:
     """The `cfg` parameters of deployment `name` in prefect.yaml (CLI and UI share presets)."""
     import yaml
 
-    spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    spec = yaml.safe_load(PRESETS_FILE.read_text())
     names = [d["name"] for d in spec["deployments"]]
     if name not in names:
         raise SystemExit(f"no preset {name!r} in prefect.yaml; there are: {', '.join(names)}")
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def verify(cfg: PipelineConfig, repair: bool) -> int:
     """Rehash every artifact under the data root; name the damaged ones (exit 1 if any)."""
-    from storage.artifacts import verify_store
+    from fineflow.storage.artifacts import verify_store
 
     checked, damaged = verify_store(cfg.data_root, repair)
     for where, why in damaged:
@@ -280,7 +280,7 @@ def run(cfg: PipelineConfig, debug: bool = False) -> int:
     from fineflow import logs
 
     log_file = logs.setup(cfg.data_root, debug=debug)  # before Prefect is imported
-    from flows.pipeline import pipeline  # imports Prefect: after the config is known good
+    from fineflow.flows.pipeline import pipeline  # imports Prefect: after the config is known good
 
     start = time.monotonic()
     try:
@@ -305,7 +305,7 @@ def failure_block(exc: BaseException, log_file: Path, debug: bool) -> str:
     """The stage, the WARC, the reason in words and what to do; the traceback stays in the log."""
     import traceback
 
-    from flows.summary import explain
+    from fineflow.flows.summary import explain
 
     reason, hint = explain(exc)
     lines = ["", "fineflow: the run failed"]

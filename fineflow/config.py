@@ -5,11 +5,12 @@ Each task receives only its own sub-config, so editing the training config never
 changes the cache key of extraction. Every model is frozen and forbids unknown
 fields, so a typo in a YAML preset fails at the start, naming the field.
 
-The defaults run the bundled sample (sample/warcs) on a CPU in a few minutes.
+The defaults run the bundled sample (fineflow/sample/warcs) on a CPU in a few minutes.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal, get_args
@@ -18,8 +19,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fineflow.sources import check_sources
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_DIR = REPO_ROOT / "sample"
+PACKAGE_DIR = Path(__file__).resolve().parent
+SAMPLE_DIR = PACKAGE_DIR / "sample"  # package data: the same in a checkout and a wheel
+PRESETS_FILE = PACKAGE_DIR / "prefect.yaml"  # a link to the project's prefect.yaml
+DATA_ROOT_ENV = "FINEFLOW_DATA_ROOT"
+
+
+def default_data_root() -> Path:
+    """$FINEFLOW_DATA_ROOT, else `data/` in the current directory (never inside the package)."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or Path.cwd() / "data").absolute()
+
 
 # The stages in the order they run; `force` and `stop_after` name these.
 StageName = Literal[
@@ -379,7 +388,7 @@ class PipelineConfig(_Config):
     """Everything one run needs. Defaults: the bundled sample on a CPU."""
 
     data_root: Path = Field(
-        default=REPO_ROOT / "data",
+        default_factory=default_data_root,
         description="artifacts, cache, DuckDB (local). Given an fsspec URL (s3://bucket/prefix),"
         " the URL becomes remote_root and this a local working copy under ~/.cache/fineflow",
     )
@@ -412,7 +421,7 @@ class PipelineConfig(_Config):
     @classmethod
     def _url_data_root(cls, data: object) -> object:
         # data_root=s3://… is shorthand for remote_root=s3://… with a derived working copy
-        from storage import layout, remote
+        from fineflow.storage import layout, remote
 
         root = data.get("data_root") if isinstance(data, dict) else None
         if remote.is_url(root) and remote.check_url(root) is None and not data.get("remote_root"):
@@ -422,7 +431,7 @@ class PipelineConfig(_Config):
     @field_validator("data_root", mode="before")
     @classmethod
     def _local_or_usable_url(cls, v: object) -> object:
-        from storage import remote
+        from fineflow.storage import remote
 
         if remote.is_url(v):  # a URL the shorthand above could not take
             raise ValueError(remote.check_url(v) or "give remote_root or data_root, not both URLs")
@@ -431,7 +440,7 @@ class PipelineConfig(_Config):
     @field_validator("remote_root")
     @classmethod
     def _remote_usable(cls, v: str | None) -> str | None:
-        from storage import remote
+        from fineflow.storage import remote
 
         if v is not None and (problem := remote.check_url(v) if remote.is_url(v) else "not a URL"):
             raise ValueError(problem)

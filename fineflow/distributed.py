@@ -20,10 +20,10 @@ import torch
 import torch.distributed as torch_dist
 
 from fineflow.config import TrainConfig
+from fineflow.storage.shards import read_shard
 from fineflow.training.launch import RESULT
 from fineflow.training.loop import train
 from fineflow.training.runtime import Dist
-from tasks.shard import read_shard
 
 
 def main(argv: list[str]) -> int:

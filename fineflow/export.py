@@ -35,10 +35,8 @@ from typing import Any
 import torch
 
 from fineflow.model import GPT, RMS_EPS, ROPE_BASE, mlp_hidden
-from storage.artifacts import ScratchDir, install
-
-TOKENIZER_JSON = "tokenizer.json"
-EOT = "<|endoftext|>"
+from fineflow.storage.artifacts import ScratchDir, install
+from fineflow.vocab import EOT, TOKENIZER_JSON
 
 
 def hf_architecture(model: GPT) -> str:

@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from storage import layout
+from fineflow.storage import layout
 
 DEBUG_ENV = "FINEFLOW_DEBUG"
 

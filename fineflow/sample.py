@@ -27,7 +27,7 @@ TRAIN_FILES = ("model.pt", "config.json", "tokenizer.json")
 def trained_model_dir(cfg: PipelineConfig) -> Path:
     """The local directory of the train artifact `cfg` made (downloaded if only remote)."""
     from fineflow.status import CACHED, RESTORES, pipeline_status
-    from storage.remote import Remote
+    from fineflow.storage.remote import Remote
 
     lookup = cfg.model_copy(update={"stop_after": "train", "force": []})
     train = {s.stage: s for s in pipeline_status(lookup)}.get("train")
@@ -53,9 +53,10 @@ def check_model_dir(path: Path) -> Path:
 def sample(model_dir: Path, cfg: EvaluateConfig, device: str = "auto") -> list[str]:
     """Each of cfg.prompts continued by the model in `model_dir`, as the evaluate stage does."""
     from fineflow.export import load_trained
+    from fineflow.tasks.evaluate import sample_texts
+    from fineflow.tasks.tokenizer import load_tokenizer
     from fineflow.training.runtime import pick_device
-    from tasks.evaluate import sample_texts
-    from tasks.tokenizer import EOT, TOKENIZER_JSON, load_tokenizer
+    from fineflow.vocab import EOT, TOKENIZER_JSON
 
     model_dir = check_model_dir(model_dir)
     dev = pick_device(device)

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
-from storage.names import safe_name
+from fineflow.storage.names import safe_name
 
 
 def local_path(uri: str) -> Path | None:

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from fineflow.config import PipelineConfig
-from storage import layout
-from storage.artifacts import manifests, verify
-from storage.cache import task_cache_key
-from storage.remote import Remote
+from fineflow.storage import layout
+from fineflow.storage.artifacts import manifests, verify
+from fineflow.storage.cache import task_cache_key
+from fineflow.storage.remote import Remote
 
 CACHED, STALE, RUNS, FORCED, UNKNOWN = "cached", "stale", "will run", "forced", "unknown"
 RESTORES = "cached remotely"  # remote_root holds it: reused; fetched if a running stage reads it
@@ -85,17 +85,17 @@ def lookup(task: Any, cfg: PipelineConfig, stage: str, *args: Any) -> tuple[str,
 
 def pipeline_status(cfg: PipelineConfig) -> list[StageStatus]:
     """Per stage, in run order: cached / stale / will run / forced / unknown."""
-    from flows.data import describe_sources
-    from tasks.dedup import dedup_docs
-    from tasks.download import download_warc, list_common_crawl
-    from tasks.evaluate import evaluate_model
-    from tasks.extract import extract_text
-    from tasks.filter_docs import filter_documents
-    from tasks.minhash import minhash_docs
-    from tasks.shard import shard_tokens
-    from tasks.tokenizer import train_tokenizer
-    from tasks.train import train_model
-    from tasks.url_filter import filter_urls
+    from fineflow.flows.data import describe_sources
+    from fineflow.tasks.dedup import dedup_docs
+    from fineflow.tasks.download import download_warc, list_common_crawl
+    from fineflow.tasks.evaluate import evaluate_model
+    from fineflow.tasks.extract import extract_text
+    from fineflow.tasks.filter_docs import filter_documents
+    from fineflow.tasks.minhash import minhash_docs
+    from fineflow.tasks.shard import shard_tokens
+    from fineflow.tasks.tokenizer import train_tokenizer
+    from fineflow.tasks.train import train_model
+    from fineflow.tasks.url_filter import filter_urls
 
     out: list[StageStatus] = []
     uris = list(cfg.sources.warcs)
@@ -164,15 +164,15 @@ def pipeline_status(cfg: PipelineConfig) -> list[StageStatus]:
 
 def last_failures(cfg: PipelineConfig, sources: list[Any]) -> list[dict[str, str]]:
     """The failure records (storage.failures) of this config's WARCs: why each failed last."""
-    from storage import failures
-    from tasks.download import artifact_key
+    from fineflow.storage import failures
+    from fineflow.tasks.download import artifact_key
 
     found = (failures.load(cfg.data_root, artifact_key(s)) for s in sources)
     return [f for f in found if f is not None]
 
 
 def describe(cfg: PipelineConfig) -> str:
-    from flows.data import describe_sources
+    from fineflow.flows.data import describe_sources
 
     lines = [f"fineflow status of {Path(cfg.data_root)} (nothing was run)"]
     lines.append(f"{'stage':<11} {'status':<22} detail")

@@ -21,22 +21,22 @@ from prefect.futures import PrefectFuture
 
 from fineflow.config import PipelineConfig, StageName
 from fineflow.errors import FineflowError
-from flows.summary import StageClock, StageLine, WarcFailure, failure_of
-from storage import failures as failure_records
-from storage.artifacts import Manifest
-from storage.cache import bind
-from tasks.dedup import dedup_docs
-from tasks.download import (
+from fineflow.flows.summary import StageClock, StageLine, WarcFailure, failure_of
+from fineflow.storage import failures as failure_records
+from fineflow.storage.artifacts import Manifest
+from fineflow.storage.cache import bind
+from fineflow.tasks.dedup import dedup_docs
+from fineflow.tasks.download import (
     WarcSource,
     artifact_key,
     describe_sources,
     download_warc,
     list_common_crawl,
 )
-from tasks.extract import extract_text
-from tasks.filter_docs import filter_documents
-from tasks.minhash import minhash_docs
-from tasks.url_filter import filter_urls
+from fineflow.tasks.extract import extract_text
+from fineflow.tasks.filter_docs import filter_documents
+from fineflow.tasks.minhash import minhash_docs
+from fineflow.tasks.url_filter import filter_urls
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def stop_at_first_failure(chain: dict[str, list[PrefectFuture]], sources: list) 
         stage, i = stage_of[id(future)]
         failure = failure_of(future, stage, sources[i].name, sources[i].uri)
         if failure is not None:
-            from flows.pipeline import abandon_running_tasks
+            from fineflow.flows.pipeline import abandon_running_tasks
 
             abandon_running_tasks()  # the pool's other tasks must not hold the exit
             raise RunFailed(

@@ -21,10 +21,10 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from fineflow.config import STAGES, CommonCrawlConfig, DownloadConfig, PipelineConfig
-from flows.pipeline import PipelineResult, run_data, run_model
-from storage.artifacts import MANIFEST_NAME, load_manifest
-from storage.remote import Remote
-from tasks import download
+from fineflow.flows.pipeline import PipelineResult, run_data, run_model
+from fineflow.storage.artifacts import MANIFEST_NAME, load_manifest
+from fineflow.storage.remote import Remote
+from fineflow.tasks import download
 
 log = logging.getLogger("fineflow.grow")
 

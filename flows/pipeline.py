@@ -14,11 +14,11 @@ from prefect import flow
 from prefect.task_runners import ProcessPoolTaskRunner
 
 from fineflow.config import PipelineConfig
-from flows.data import CorpusResult, build_corpus
-from flows.summary import StageLine, WarcFailure, publish_run_artifacts
-from flows.train import train_on_corpus
-from storage.artifacts import Manifest
-from storage.remote import Remote
+from fineflow.flows.data import CorpusResult, build_corpus
+from fineflow.flows.summary import StageLine, WarcFailure, publish_run_artifacts
+from fineflow.flows.train import train_on_corpus
+from fineflow.storage.artifacts import Manifest
+from fineflow.storage.remote import Remote
 
 
 @dataclass(frozen=True)

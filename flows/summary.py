@@ -20,7 +20,7 @@ from pathlib import Path
 
 from prefect.futures import PrefectFuture
 
-from storage.artifacts import Manifest
+from fineflow.storage.artifacts import Manifest
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def figure(stage: str, results: list) -> str:
         mb = sum(f.bytes for m in ms for f in m.files if f.path != "manifest.json") / 1e6
         return f"{len(ms)} WARCs fetched, {mb:.1f} MB"
     if stage == "url_filter":
-        from tasks.url_filter import FILTER_REASONS  # the URL rules, not status/type drops
+        from fineflow.tasks.url_filter import FILTER_REASONS  # the URL rules, not status/type drops
 
         dropped = sum(_total(ms, f"dropped_{reason}") for reason in FILTER_REASONS)
         return (
@@ -273,7 +273,7 @@ def _dedup_kept_per_warc(lines: list[StageLine], root: Path) -> dict[str, int]:
     dedup = next((ln.manifests[0] for ln in lines if ln.stage == "dedup" and ln.manifests), None)
     if dedup is None:
         return {}
-    from storage.catalog import connect
+    from fineflow.storage.catalog import connect
 
     try:
         with connect(dedup.path(Path(root), "corpus.duckdb"), read_only=True) as con:
@@ -311,7 +311,7 @@ def summary_markdown(
             for f in failures
         ]
     if (corpus := outputs.get("dedup")) is not None:  # FineWeb's funnel, from the catalog
-        from tasks.filter_docs import funnel_markdown
+        from fineflow.tasks.filter_docs import funnel_markdown
 
         table = funnel_markdown(corpus.path(Path(root), "corpus.duckdb"))
         md += ["", "## Funnel: where every record went", "", table] if table else []

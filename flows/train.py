@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from prefect import flow
 
 from fineflow.config import PipelineConfig
-from flows.data import staged
-from flows.summary import StageClock, StageLine
-from storage.artifacts import Manifest
-from tasks.shard import shard_tokens
-from tasks.tokenizer import train_tokenizer
+from fineflow.flows.data import staged
+from fineflow.flows.summary import StageClock, StageLine
+from fineflow.storage.artifacts import Manifest
+from fineflow.tasks.shard import shard_tokens
+from fineflow.tasks.tokenizer import train_tokenizer
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ def train_on_corpus(cfg: PipelineConfig, corpus: Manifest) -> ModelResult:
     """Train the tokenizer, shard the corpus, train the GPT and evaluate it."""
     # torch is imported here, not with the module: a data-only run (the scheduled crawl
     # growth, every process-pool worker) never pays for it
-    from tasks.evaluate import evaluate_model
-    from tasks.train import train_model
+    from fineflow.tasks.evaluate import evaluate_model
+    from fineflow.tasks.train import train_model
 
     root = str(cfg.data_root)
     clock = StageClock()

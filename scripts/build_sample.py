@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the bundled sample of real web pages as Common-Crawl-style WARC files.
 
-The sample in ``sample/`` is made from real HTML written by third parties and
+The sample in ``fineflow/sample/`` is made from real HTML written by third parties and
 shipped in two Debian doc packages whose licenses allow redistribution:
 
 * ``python3.11-doc``  -> the Python 3.11 documentation (PSF License Agreement;
@@ -10,7 +10,7 @@ shipped in two Debian doc packages whose licenses allow redistribution:
 * ``sqlite3-doc``     -> the SQLite documentation (public domain), served
   under ``https://www.sqlite.org/...``
 
-What the script writes (everything under ``--out``, default ``sample/`` next to
+What the script writes (everything under ``--out``, default ``fineflow/sample/`` next to
 this script's ``scripts/`` folder):
 
 * ``warcs/CC-MAIN-20240301000000-20240301010000-0000N.warc.gz`` (N = 0..4):
@@ -79,7 +79,7 @@ from warcio.warcwriter import WARCWriter
 # --------------------------------------------------------------------------
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO_ROOT / "sample"
+DEFAULT_OUT = REPO_ROOT / "fineflow" / "sample"
 DEFAULT_PYTHON_DOCS = Path("/usr/share/doc/python3.11/html")
 DEFAULT_SQLITE_DOCS = Path("/usr/share/doc/sqlite3")
 

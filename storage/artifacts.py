@@ -24,9 +24,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from storage import layout
-from storage.fingerprint import file_sha256, fingerprint
-from storage.names import inside
+from fineflow.storage import layout
+from fineflow.storage.fingerprint import file_sha256, fingerprint
+from fineflow.storage.names import inside
 
 MANIFEST_NAME = "manifest.json"
 _VERIFIED_NAME = ".verified.json"  # (size, mtime) seen at the last full check; not content

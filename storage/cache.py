@@ -36,10 +36,10 @@ from prefect.cache_policies import TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
 from prefect.tasks import Task
 
-from storage import layout
-from storage.artifacts import manifests, verify
-from storage.fingerprint import fingerprint
-from storage.remote import PushToRemote, Remote
+from fineflow.storage import layout
+from fineflow.storage.artifacts import manifests, verify
+from fineflow.storage.fingerprint import fingerprint
+from fineflow.storage.remote import PushToRemote, Remote
 
 log = logging.getLogger("fineflow.cache")
 T = TypeVar("T", bound=Task)

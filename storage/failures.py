@@ -14,8 +14,8 @@ import os
 import uuid
 from pathlib import Path
 
-from storage import layout
-from storage.names import safe_name
+from fineflow.storage import layout
+from fineflow.storage.names import safe_name
 
 
 def _file(root: Path, source_key: str) -> Path:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from storage.names import PathEscape, safe_name
+from fineflow.storage.names import PathEscape, safe_name
 
 
 def artifact_dir(root: Path, stage: str, key: str) -> Path:

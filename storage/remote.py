@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from storage import layout
-from storage.artifacts import (
+from fineflow.storage import layout
+from fineflow.storage.artifacts import (
     MANIFEST_NAME,
     Manifest,
     ScratchDir,
@@ -52,8 +52,8 @@ from storage.artifacts import (
     on_absent,
     verify,
 )
-from storage.fingerprint import file_sha256
-from storage.names import inside
+from fineflow.storage.fingerprint import file_sha256
+from fineflow.storage.names import inside
 
 log = logging.getLogger("fineflow.remote")
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+://")

@@ -51,11 +51,11 @@ import pyarrow as pa
 from prefect import task
 
 from fineflow.config import DedupConfig
-from storage import catalog, layout
-from storage.artifacts import ArtifactWriter, Manifest, stage_key
-from storage.fingerprint import fingerprint
-from tasks.download import WarcSource
-from tasks.filter_docs import funnel_digest, load_funnel
+from fineflow.storage import catalog, layout
+from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
+from fineflow.storage.fingerprint import fingerprint
+from fineflow.tasks.download import WarcSource
+from fineflow.tasks.filter_docs import funnel_digest, load_funnel
 
 STAGE_VERSION = 3  # 3: a WARC's crawl comes from its source URI
 CORPUS_DB = "corpus.duckdb"

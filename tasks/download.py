@@ -60,9 +60,9 @@ from pydantic import BaseModel, ConfigDict
 from fineflow.config import CommonCrawlConfig, DownloadConfig
 from fineflow.errors import FineflowError, disk_full, is_disk_full
 from fineflow.sources import check_sources, local_path, source_names
-from storage.artifacts import ArtifactWriter, Manifest, stage_key
-from storage.fingerprint import file_sha256
-from tasks.warc import IntegrityReport, WarcFormatError, check_integrity, read_head, sniff
+from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
+from fineflow.storage.fingerprint import file_sha256
+from fineflow.tasks.warc import IntegrityReport, WarcFormatError, check_integrity, read_head, sniff
 
 STAGE_VERSION = 1
 

@@ -42,11 +42,17 @@ from tokenizers import Tokenizer
 from fineflow.config import EvaluateConfig
 from fineflow.model import GPT
 from fineflow.progress import in_prefect_run
+from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
+from fineflow.storage.shards import read_shard
+from fineflow.tasks.tokenizer import (
+    EOT,
+    TOKENIZER_JSON,
+    hf_encoder,
+    load_tokenizer,
+    token_byte_lengths,
+)
 from fineflow.training.data import shard_paths, target_losses
 from fineflow.training.runtime import pick_device
-from storage.artifacts import ArtifactWriter, Manifest, stage_key
-from tasks.shard import read_shard
-from tasks.tokenizer import EOT, TOKENIZER_JSON, hf_encoder, load_tokenizer, token_byte_lengths
 
 STAGE_VERSION = 2
 LOSS_PNG = "loss.png"

@@ -72,9 +72,9 @@ from prefect import task
 from trafilatura.utils import load_html
 
 from fineflow.config import ExtractConfig
-from storage.artifacts import ArtifactWriter, Manifest, stage_key
-from tasks.sandbox import Sandbox
-from tasks.warc import WarcRecord, read_records_at
+from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
+from fineflow.tasks.sandbox import Sandbox
+from fineflow.tasks.warc import WarcRecord, read_records_at
 
 STAGE_VERSION = 5  # 3: table text kept; 4: records after a bad one in a gzip member read;
 # 5: charsets detected when the declared ones fail or read as mojibake, deep nesting

@@ -29,10 +29,10 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from fineflow.config import FilterConfig
-from storage import catalog
-from storage.artifacts import ArtifactWriter, Manifest, stage_key
-from tasks.extract import DOCS_SCHEMA
-from tasks.quality import judge, reasons
+from fineflow.storage import catalog
+from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
+from fineflow.tasks.extract import DOCS_SCHEMA
+from fineflow.tasks.quality import judge, reasons
 
 # 2: words and sentences counted as FineWeb does (tasks/words.py); 3: its URL rule
 # leaves private and loopback IPs out, as spaCy's does

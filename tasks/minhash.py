@@ -36,7 +36,7 @@ from datasketch import MinHash
 from prefect import task
 
 from fineflow.config import MinHashConfig
-from storage.artifacts import ArtifactWriter, Manifest, stage_key
+from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
 
 STAGE_VERSION = 2
 SIGNATURES = "signatures.parquet"

@@ -55,9 +55,9 @@ from fineflow.config import (
     LanguageFilterConfig,
     PiiConfig,
 )
-from tasks.words import TERMINAL as FINAL_CHARS
-from tasks.words import has_letter, is_symbol, words
-from tasks.words import sentences as count_sentences
+from fineflow.tasks.words import TERMINAL as FINAL_CHARS
+from fineflow.tasks.words import has_letter, is_symbol, words
+from fineflow.tasks.words import sentences as count_sentences
 
 SENTENCE_END = tuple(sorted(FINAL_CHARS))  # FineWeb's line-punctuation rule: . ! ? and kin
 

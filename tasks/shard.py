@@ -29,9 +29,10 @@ from prefect import task
 from tokenizers import Tokenizer
 
 from fineflow.config import ShardConfig
-from storage.artifacts import ArtifactWriter, Manifest, stage_key
-from tasks.dedup import CORPUS_DB, iter_kept_ids, iter_kept_texts
-from tasks.tokenizer import (
+from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
+from fineflow.storage.shards import DTYPES, shard_version, write_shard
+from fineflow.tasks.dedup import CORPUS_DB, iter_kept_ids, iter_kept_texts
+from fineflow.tasks.tokenizer import (
     EOT,
     TOKENIZER_JSON,
     Encoder,
@@ -41,55 +42,7 @@ from tasks.tokenizer import (
 )
 
 STAGE_VERSION = 2  # 2: a corpus with an empty train or val split is refused
-MAGIC = 20240520
-HEADER_INTS = 256
-HEADER_BYTES = HEADER_INTS * 4
-_DTYPES = {1: np.dtype("<u2"), 2: np.dtype("<u4")}
-
 log = logging.getLogger("fineflow.shard")
-
-
-def shard_version(vocab_size: int) -> int:
-    """1 (uint16 tokens) when every id fits 16 bits, else 2 (uint32)."""
-    return 1 if vocab_size <= 1 << 16 else 2
-
-
-def write_shard(path: Path, tokens: np.ndarray, vocab_size: int) -> None:
-    """Write `tokens` (ids < vocab_size) as one llm.c shard."""
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 1 or tokens.size == 0:
-        raise ValueError(f"{path}: a shard holds a non-empty 1-d token array, got {tokens.shape}")
-    if tokens.size >= 1 << 31:
-        raise ValueError(f"{path}: {tokens.size} tokens do not fit the int32 header")
-    if tokens.dtype.kind not in "iu" or tokens.min() < 0 or tokens.max() >= vocab_size:
-        raise ValueError(f"{path}: tokens must be integer ids in [0, {vocab_size})")
-    version = shard_version(vocab_size)
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[:3] = (MAGIC, version, tokens.size)
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.astype(_DTYPES[version], copy=False).tobytes())
-
-
-def read_shard(path: Path) -> np.memmap:
-    """The tokens of an llm.c shard, memory-mapped read-only; checks magic, version and size."""
-    path = Path(path)
-    size = path.stat().st_size
-    if size < HEADER_BYTES:
-        raise ValueError(f"{path}: {size} bytes, shorter than the {HEADER_BYTES}-byte header")
-    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
-    magic, version, n = (int(v) for v in header[:3])
-    if magic != MAGIC:
-        raise ValueError(f"{path}: magic {magic}, expected {MAGIC}: not a token shard")
-    if version not in _DTYPES:
-        raise ValueError(f"{path}: unknown shard version {version} (known: 1 uint16, 2 uint32)")
-    dtype = _DTYPES[version]
-    if n <= 0 or size != HEADER_BYTES + n * dtype.itemsize:
-        raise ValueError(
-            f"{path}: header says {n} tokens of {dtype.itemsize} bytes, file has "
-            f"{size - HEADER_BYTES} bytes after the header (truncated or corrupt)"
-        )
-    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(n,))
 
 
 def id_fraction(doc_id: str) -> float:
@@ -142,7 +95,7 @@ class ShardStream:
     ) -> None:
         self.path_for, self.prefix, self.vocab_size = path_for, prefix, vocab_size
         # The only token buffer: one shard, never the corpus.
-        self.buffer = np.empty(shard_tokens, dtype=_DTYPES[shard_version(vocab_size)])
+        self.buffer = np.empty(shard_tokens, dtype=DTYPES[shard_version(vocab_size)])
         self.fill = 0
         self.shards = 0
         self.tokens = 0
@@ -254,7 +207,7 @@ def shard_corpus(
     stats: dict[str, float | int | str] = {
         "vocab_size": vocab_size,
         "eot_id": eot_id,
-        "token_dtype": _DTYPES[shard_version(vocab_size)].name,
+        "token_dtype": DTYPES[shard_version(vocab_size)].name,
     }  # not the encoder: both give the same tokens, and stats must not depend on the machine
     return counts, stats
 

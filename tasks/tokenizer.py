@@ -24,12 +24,11 @@ from prefect import task
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from fineflow.config import TokenizerConfig
-from storage.artifacts import ArtifactWriter, Manifest, stage_key
-from tasks.dedup import CORPUS_DB, iter_kept_texts
+from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
+from fineflow.tasks.dedup import CORPUS_DB, iter_kept_texts
+from fineflow.vocab import EOT, TOKENIZER_JSON
 
 STAGE_VERSION = 1
-TOKENIZER_JSON = "tokenizer.json"
-EOT = "<|endoftext|>"
 # GPT-4 (cl100k) pre-tokenizer split, without the `\s++$` branch: HF's Onig regex reads `$`
 # as end of line, tiktoken's as end of text, and the two encoders must agree.
 SPLIT_PATTERN = (

@@ -42,13 +42,13 @@ from prefect import task
 
 from fineflow.config import TrainConfig
 from fineflow.model import GPT
+from fineflow.storage import layout
+from fineflow.storage.artifacts import MANIFEST_NAME, ArtifactWriter, Manifest, stage_key
+from fineflow.storage.fingerprint import file_sha256, fingerprint
 from fineflow.training.checkpoint import run_config, writing
 from fineflow.training.data import mean_loss, shard_paths
 from fineflow.training.launch import train_job
 from fineflow.training.runtime import pick_device, process_count
-from storage import layout
-from storage.artifacts import MANIFEST_NAME, ArtifactWriter, Manifest, stage_key
-from storage.fingerprint import file_sha256, fingerprint
 
 STAGE_VERSION = 2  # bump when anything in fineflow/training/ changes what training produces
 METRICS_DB = "metrics.duckdb"
@@ -72,10 +72,9 @@ RUN_COLUMNS = (
 
 def write_metrics_db(path: Path, rows: list[tuple[Any, ...]], info: dict[str, Any]) -> None:
     """metrics.duckdb: `train_log` (one row per log line, checkpoint.LOG_COLUMNS) and `run`."""
-    import duckdb
+    from fineflow.storage import catalog
 
-    con = duckdb.connect(str(path))
-    try:
+    with catalog.connect(path) as con:
         con.execute(
             "CREATE TABLE train_log (step INTEGER, loss DOUBLE, lr DOUBLE, grad_norm DOUBLE, "
             "tokens_per_s DOUBLE, mfu DOUBLE, elapsed_s DOUBLE)"
@@ -90,8 +89,6 @@ def write_metrics_db(path: Path, rows: list[tuple[Any, ...]], info: dict[str, An
             "INSERT INTO run VALUES (?, ?, ?, ?, ?, ?, ?)",
             [info.get(k) for k in RUN_COLUMNS],
         )
-    finally:
-        con.close()
 
 
 def save_model(model: GPT, path: Path) -> None:
@@ -124,8 +121,8 @@ def _vocab_size(shards: Manifest, tokenizer: Manifest) -> int:
 @task(name="train", task_run_name="train")
 def train_model(root: str, shards: Manifest, tokenizer: Manifest, cfg: TrainConfig) -> Manifest:
     """Train the GPT on the train shards (resuming a killed run); weights, config, metrics."""
-    from tasks.shard import read_shard
-    from tasks.tokenizer import TOKENIZER_JSON
+    from fineflow.storage.shards import read_shard
+    from fineflow.tasks.tokenizer import TOKENIZER_JSON
 
     key = stage_key(STAGE_VERSION, shards, tokenizer, cfg)
     work = layout.work_dir(Path(root), "train", key)

@@ -61,8 +61,8 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from fineflow.config import DownloadConfig, UrlFilterConfig
-from storage.artifacts import ArtifactWriter, Manifest, load_manifest, stage_key, verify
-from tasks.warc import WarcRecord, iter_records
+from fineflow.storage.artifacts import ArtifactWriter, Manifest, load_manifest, stage_key, verify
+from fineflow.tasks.warc import WarcRecord, iter_records
 
 STAGE_VERSION = 6  # 3: records after a bad one in a gzip member read; 4: record ids checked;
 # 5: IDN hosts matched in their IDNA (xn--) form; 6: cut tails salvaged, skipped_truncated_tail
@@ -283,7 +283,7 @@ def fetch_blocklist(root: Path, uri: str, cfg: DownloadConfig | None = None) -> 
     # Reuses the download stage's streaming and retries; the WARC integrity check does
     # not apply to a list, so this does not go through tasks.download.fetch itself.
     from fineflow.sources import source_name
-    from tasks.download import _open_stream, _with_retries
+    from fineflow.tasks.download import _open_stream, _with_retries
 
     cfg = cfg or DownloadConfig()
     key = stage_key(1, uri)

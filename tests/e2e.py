@@ -15,9 +15,9 @@ from warcio.archiveiterator import ArchiveIterator
 
 from fineflow.cli import deep_merge
 from fineflow.config import SAMPLE_DIR, PipelineConfig
-from storage import catalog
-from storage.artifacts import ArtifactWriter, Manifest
-from tasks.dedup import CORPUS_DB
+from fineflow.storage import catalog
+from fineflow.storage.artifacts import ArtifactWriter, Manifest
+from fineflow.tasks.dedup import CORPUS_DB
 
 SAMPLE_WARCS = sorted((SAMPLE_DIR / "warcs").glob("*.warc.gz"))
 PAGES_PER_WARC = 40

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from tasks.extract import extract_main_text
+from fineflow.tasks.extract import extract_main_text
 
 
 def flaky(html: str, *options: bool) -> str | None:

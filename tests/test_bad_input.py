@@ -33,15 +33,15 @@ from fineflow.config import (
     TokenizerConfig,
     UrlFilterConfig,
 )
-from tasks.dedup import CORPUS_DB, CorpusMismatch, dedup_corpus
-from tasks.download import fetch
-from tasks.extract import extract_docs
-from tasks.filter_docs import filter_docs
-from tasks.minhash import signatures_to_parquet
-from tasks.shard import shard_corpus
-from tasks.tokenizer import train_bpe, train_tokenizer
-from tasks.url_filter import filter_warc
-from tasks.warc import WarcFormatError, check_integrity, iter_records
+from fineflow.tasks.dedup import CORPUS_DB, CorpusMismatch, dedup_corpus
+from fineflow.tasks.download import fetch
+from fineflow.tasks.extract import extract_docs
+from fineflow.tasks.filter_docs import filter_docs
+from fineflow.tasks.minhash import signatures_to_parquet
+from fineflow.tasks.shard import shard_corpus
+from fineflow.tasks.tokenizer import train_bpe, train_tokenizer
+from fineflow.tasks.url_filter import filter_warc
+from fineflow.tasks.warc import WarcFormatError, check_integrity, iter_records
 
 GOOD = [Capture(f"https://good{i}.example/page", article(i).encode()) for i in range(4)]
 GOOD_URLS = [c.url for c in GOOD]

@@ -19,7 +19,7 @@ def summary(cfg) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def ran(prefect_server, warcs, tmp_path_factory):
-    from flows.pipeline import pipeline
+    from fineflow.flows.pipeline import pipeline
 
     root = tmp_path_factory.mktemp("data")
     cfg = small_config(root, warcs[:2])

@@ -13,8 +13,8 @@ import pytest
 from crawl_server import Crawl, serve
 from e2e import SAMPLE_WARCS, head_warc, small_config
 
-from storage.artifacts import verify
-from storage.fingerprint import file_sha256
+from fineflow.storage.artifacts import verify
+from fineflow.storage.fingerprint import file_sha256
 
 CRAWL = "CC-MAIN-2024-10"
 
@@ -39,7 +39,7 @@ def lines(result) -> dict[str, tuple[int, int]]:
 def test_schedule_grows_the_corpus_by_the_next_batch_and_trains_on_demand(
     prefect_server, warcs, tmp_path
 ):
-    from flows.grow import grow_corpus, train_current_corpus
+    from fineflow.flows.grow import grow_corpus, train_current_corpus
 
     crawl = Crawl(CRAWL, warcs)
     with serve(crawl) as base:
@@ -64,10 +64,8 @@ def test_schedule_grows_the_corpus_by_the_next_batch_and_trains_on_demand(
     assert trained.outputs["dedup"] == corpus  # trained on exactly the grown corpus
 
 
-def test_a_missing_warc_is_named_with_its_url_and_the_others_go_on(
-    prefect_server, warcs, tmp_path
-):
-    from flows.grow import grow_corpus
+def test_a_missing_warc_is_named_with_its_url_and_the_others_go_on(prefect_server, warcs, tmp_path):
+    from fineflow.flows.grow import grow_corpus
 
     crawl = Crawl(CRAWL, warcs, missing={warcs[1].name})
     with serve(crawl) as base:
@@ -82,7 +80,7 @@ def test_a_missing_warc_is_named_with_its_url_and_the_others_go_on(
 def test_slow_server_and_dropped_connection_still_give_the_exact_warcs(
     prefect_server, warcs, tmp_path
 ):
-    from flows.grow import grow_corpus
+    from fineflow.flows.grow import grow_corpus
 
     crawl = Crawl(CRAWL, warcs, slow={warcs[0].name}, drop={warcs[2].name})
     with serve(crawl) as base:

@@ -16,7 +16,7 @@ import sys
 
 from e2e import small_config
 
-from storage.artifacts import Manifest, verify
+from fineflow.storage.artifacts import Manifest, verify
 
 LINE = re.compile(r"^(\w+)\s+(cached|ran(?: (\d+)/(\d+))?)\s+[\d.]+s", re.M)
 

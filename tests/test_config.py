@@ -61,7 +61,7 @@ def test_a_config_read_back_from_json_caches_as_the_original(name):
     """The Prefect UI, a deployment and --config hand the flow JSON: same stage keys."""
     import json
 
-    from storage.fingerprint import fingerprint
+    from fineflow.storage.fingerprint import fingerprint
 
     cfg = load_config(None, [], [], None, name)
     for back in (

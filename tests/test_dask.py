@@ -45,7 +45,7 @@ def cluster(prefect_server):
 
 @pytest.mark.slow  # about a minute on a 2-core box: two data-flow runs and a cluster
 def test_data_flow_on_dask_cluster_matches_local_process_pool(cluster, warcs, tmp_path):
-    from flows.pipeline import data_task_runner, run_data
+    from fineflow.flows.pipeline import data_task_runner, run_data
 
     local_cfg = small_config(tmp_path / "local", warcs, stop_after="dedup")
     dask_cfg = small_config(

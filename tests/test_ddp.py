@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from fineflow.config import ModelConfig, TrainConfig
+from fineflow.storage.shards import write_shard
 from fineflow.training.checkpoint import checkpoint_path, checkpoints
 from fineflow.training.launch import RESULT, train_job
 from fineflow.training.loop import train
-from tasks.shard import write_shard
 
 TINY = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16)
 

@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 from e2e import extract_manifest
 
-import tasks.dedup as dedup
+import fineflow.tasks.dedup as dedup
 from fineflow.config import DedupConfig, MinHashConfig
-from storage import catalog
-from storage.artifacts import ArtifactWriter, Manifest
-from tasks.dedup import (
+from fineflow.storage import catalog
+from fineflow.storage.artifacts import ArtifactWriter, Manifest
+from fineflow.tasks.dedup import (
     CORPUS_DB,
     CorpusMismatch,
     clusters_from_edges,
@@ -23,8 +23,8 @@ from tasks.dedup import (
     iter_kept_ids,
     iter_kept_texts,
 )
-from tasks.download import describe_sources
-from tasks.minhash import minhash_docs
+from fineflow.tasks.download import describe_sources
+from fineflow.tasks.minhash import minhash_docs
 
 # Short pieces of prose on unrelated subjects, written for these tests.
 BREAD = """\

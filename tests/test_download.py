@@ -19,8 +19,8 @@ from warc_factory import Capture, article, build_warc
 
 from fineflow.config import CommonCrawlConfig, DownloadConfig
 from fineflow.errors import FineflowError
-from storage.artifacts import verify
-from tasks.download import (
+from fineflow.storage.artifacts import verify
+from fineflow.tasks.download import (
     DownloadError,
     describe_sources,
     download_warc,
@@ -415,7 +415,7 @@ def test_a_host_that_never_answers_times_out_in_words(tmp_path: Path) -> None:
 def test_unknown_host_in_words() -> None:
     from urllib.error import URLError
 
-    from tasks.download import _in_words
+    from fineflow.tasks.download import _in_words
 
     lookup = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     words = _in_words(URLError(lookup), "https://nowhere.invalid/x.warc.gz")

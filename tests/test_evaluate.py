@@ -12,11 +12,11 @@ from test_train import DOCS, make_upstream, tiny_train_config
 
 from fineflow.config import EvaluateConfig, ModelConfig
 from fineflow.model import GPT
-from storage.artifacts import verify
-from tasks.evaluate import evaluate_model, render_report, val_metrics
-from tasks.shard import encode_docs
-from tasks.tokenizer import EOT, hf_encoder, token_byte_lengths, train_bpe
-from tasks.train import train_model
+from fineflow.storage.artifacts import verify
+from fineflow.tasks.evaluate import evaluate_model, render_report, val_metrics
+from fineflow.tasks.shard import encode_docs
+from fineflow.tasks.tokenizer import EOT, hf_encoder, token_byte_lengths, train_bpe
+from fineflow.tasks.train import train_model
 
 
 def test_uniform_model_gives_hand_computed_bits_per_byte() -> None:
@@ -98,7 +98,7 @@ def test_report_is_published_as_a_prefect_markdown_artifact(prefect_server) -> N
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from tasks.evaluate import loss_curve_png, publish_report
+    from fineflow.tasks.evaluate import loss_curve_png, publish_report
 
     png = loss_curve_png([1, 10, 20], [5.0, 4.0, 3.5], 3.7)
     report = "# fineflow: evaluation\n\n![loss curve](loss.png)\n"

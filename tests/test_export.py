@@ -12,8 +12,8 @@ from test_train import DOCS, make_upstream, tiny_train_config
 
 from fineflow.export import hf_state_dict, main
 from fineflow.model import GPT
-from tasks.tokenizer import EOT
-from tasks.train import train_model
+from fineflow.tasks.tokenizer import EOT
+from fineflow.tasks.train import train_model
 
 
 @pytest.mark.parametrize(

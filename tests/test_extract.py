@@ -21,11 +21,11 @@ from warc_factory import (
     record_id,
 )
 
-import tasks.extract as extract_mod
+import fineflow.tasks.extract as extract_mod
 from fineflow.config import SAMPLE_DIR, DownloadConfig, ExtractConfig, UrlFilterConfig
-from storage.artifacts import verify
-from tasks.download import describe_sources, download_warc
-from tasks.extract import (
+from fineflow.storage.artifacts import verify
+from fineflow.tasks.download import describe_sources, download_warc
+from fineflow.tasks.extract import (
     decode_html,
     extract_docs,
     extract_main_text,
@@ -33,8 +33,8 @@ from tasks.extract import (
     flatten_nesting,
     sniff_meta_charset,
 )
-from tasks.url_filter import filter_urls, filter_warc
-from tasks.warc import iter_records
+from fineflow.tasks.url_filter import filter_urls, filter_warc
+from fineflow.tasks.warc import iter_records
 
 ACCENTS = " Café, déjà vu, naïve façade."
 CFG = ExtractConfig(max_html_bytes=20_000)
@@ -221,7 +221,7 @@ def test_task_on_upstream_manifests(tmp_path: Path) -> None:
 def test_bundled_sample_pages(tmp_path: Path) -> None:
     warcs = sorted((SAMPLE_DIR / "warcs").glob("*.warc.gz"))
     if not warcs:
-        pytest.skip("no bundled sample in sample/warcs")
+        pytest.skip("no bundled sample in fineflow/sample/warcs")
     records = tmp_path / "records.parquet"
     filter_warc(warcs[0], records, UrlFilterConfig())
     table = pq.read_table(records)

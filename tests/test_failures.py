@@ -20,7 +20,7 @@ import pytest
 import yaml
 from e2e import small_config
 
-from storage import layout
+from fineflow.storage import layout
 
 FAST_DOWNLOAD = {"retries": 1, "backoff_s": 0.01, "timeout_s": 5}
 
@@ -56,7 +56,7 @@ def _mixed(warcs: list[str], bad: dict[str, str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def runs(prefect_server, warcs, bad_warcs, tmp_path_factory):
-    from flows.pipeline import run_data
+    from fineflow.flows.pipeline import run_data
 
     good_cfg = small_config(
         tmp_path_factory.mktemp("good"), warcs, stop_after="dedup", download=FAST_DOWNLOAD
@@ -109,8 +109,8 @@ def test_a_rerun_retries_only_the_failed_warcs(runs):
 def test_strict_mode_and_too_few_good_warcs_fail_the_run(
     prefect_server, warcs, bad_warcs, tmp_path
 ):
-    from flows.data import RunFailed
-    from flows.pipeline import run_data
+    from fineflow.flows.data import RunFailed
+    from fineflow.flows.pipeline import run_data
 
     warcs_bad = [warcs[0], bad_warcs["empty.warc.gz"]]
     strict = small_config(

@@ -34,8 +34,8 @@ import pytest
 from e2e import small_config
 
 from fineflow.config import STAGES
-from storage.artifacts import MANIFEST_NAME, Manifest, verify
-from storage.layout import work_dir
+from fineflow.storage.artifacts import MANIFEST_NAME, Manifest, verify
+from fineflow.storage.layout import work_dir
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import pytest
 from e2e import extract_manifest
 
 from fineflow.config import MinHashConfig
-from tasks.minhash import (
+from fineflow.tasks.minhash import (
     SIGNATURES,
     band_keys,
     datasketch_signature,
@@ -147,7 +147,7 @@ def test_other_band_shapes(bands: int, rows: int) -> None:
 
 def test_fast_path_equals_datasketch_minhash(monkeypatch: pytest.MonkeyPatch) -> None:
     """The numpy batch path is datasketch's affine64 MinHash over the same shingles."""
-    import tasks.minhash as mh
+    import fineflow.tasks.minhash as mh
 
     cfg = MinHashConfig()
     texts = [LIGHTHOUSE, RIVER, "", "two words", LIGHTHOUSE + RIVER, _change_words(RIVER, {3: "x"})]

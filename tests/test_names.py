@@ -14,10 +14,10 @@ from warc_factory import Capture, article, build_warc
 
 from fineflow.config import DownloadConfig
 from fineflow.sources import source_name, source_names
-from storage.artifacts import ArtifactWriter, FileEntry
-from storage.layout import artifact_dir
-from storage.names import MAX_NAME, PathEscape, inside, safe_name
-from tasks.download import describe_sources, download_warc
+from fineflow.storage.artifacts import ArtifactWriter, FileEntry
+from fineflow.storage.layout import artifact_dir
+from fineflow.storage.names import MAX_NAME, PathEscape, inside, safe_name
+from fineflow.tasks.download import describe_sources, download_warc
 
 HOSTILE = [
     "a%2F..%2F..%2Fescape.warc.gz",  # encoded separators and dot-dot

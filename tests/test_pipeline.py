@@ -21,7 +21,7 @@ ALL = list(STAGES)
 
 @pytest.fixture(scope="module")
 def first_run(prefect_server, warcs, tmp_path_factory):
-    from flows.pipeline import pipeline
+    from fineflow.flows.pipeline import pipeline
 
     root = tmp_path_factory.mktemp("data")
     cfg = small_config(root, warcs[:2])
@@ -37,7 +37,7 @@ def test_first_run_runs_every_stage_and_keeps_results_in_data_root(first_run):
 
 
 def test_second_run_is_all_cached_with_identical_manifests(first_run):
-    from flows.pipeline import pipeline
+    from fineflow.flows.pipeline import pipeline
 
     root, cfg, result = first_run
     again = pipeline(cfg)
@@ -46,7 +46,7 @@ def test_second_run_is_all_cached_with_identical_manifests(first_run):
 
 
 def test_vocab_change_reruns_only_tokenizer_and_downstream(first_run, warcs):
-    from flows.pipeline import pipeline
+    from fineflow.flows.pipeline import pipeline
 
     root, _, _ = first_run
     result = pipeline(small_config(root, warcs[:2], tokenizer={"vocab_size": 600}))
@@ -56,7 +56,7 @@ def test_vocab_change_reruns_only_tokenizer_and_downstream(first_run, warcs):
 
 
 def test_new_warc_runs_only_its_own_per_warc_stages(first_run, warcs):
-    from flows.pipeline import pipeline
+    from fineflow.flows.pipeline import pipeline
 
     root, _, _ = first_run
     result = pipeline(small_config(root, warcs[:3], stop_after="dedup"))
@@ -68,7 +68,7 @@ def test_new_warc_runs_only_its_own_per_warc_stages(first_run, warcs):
 
 
 def test_deleted_output_reruns_that_stage_instead_of_trusting_it(first_run):
-    from flows.pipeline import pipeline
+    from fineflow.flows.pipeline import pipeline
 
     root, cfg, result = first_run
     result.outputs["tokenizer"].path(root, "tokenizer.json").unlink()
@@ -80,7 +80,7 @@ def test_deleted_output_reruns_that_stage_instead_of_trusting_it(first_run):
 
 
 def test_force_reruns_a_stage_and_only_what_actually_changes(first_run):
-    from flows.pipeline import pipeline
+    from fineflow.flows.pipeline import pipeline
 
     root, cfg, result = first_run
     forced = cfg.model_copy(update={"force": ["extract"], "stop_after": "dedup"})
@@ -91,7 +91,7 @@ def test_force_reruns_a_stage_and_only_what_actually_changes(first_run):
 
 
 def test_stop_after_stops_the_flow(first_run, warcs):
-    from flows.pipeline import pipeline
+    from fineflow.flows.pipeline import pipeline
 
     root, cfg, _ = first_run
     result = pipeline(cfg.model_copy(update={"stop_after": "url_filter"}))
@@ -99,7 +99,7 @@ def test_stop_after_stops_the_flow(first_run, warcs):
 
 
 def test_run_summary_carries_the_funnel_from_the_catalog(first_run):
-    from flows.summary import summary_markdown
+    from fineflow.flows.summary import summary_markdown
 
     root, _, result = first_run
     md = summary_markdown(result.lines, result.outputs, root)

@@ -14,7 +14,7 @@ from fineflow.config import (
     LanguageFilterConfig,
     PiiConfig,
 )
-from tasks.quality import (
+from fineflow.tasks.quality import (
     EMAIL_PLACEHOLDERS,
     IP_PLACEHOLDERS,
     c4_filter,
@@ -196,7 +196,7 @@ def test_repeated_ngram_count_matches_the_plain_scan() -> None:
     n-gram counts its characters and jumps n words ahead, anything else is remembered."""
     import random
 
-    from tasks.quality import _dup_ngram_chars, _Ngrams
+    from fineflow.tasks.quality import _dup_ngram_chars, _Ngrams
 
     def plain(tokens: list[str], n: int) -> int:
         seen: set[tuple[str, ...]] = set()

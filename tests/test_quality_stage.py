@@ -16,13 +16,13 @@ from fineflow.config import (
     MinHashConfig,
     UrlFilterConfig,
 )
-from storage.artifacts import verify
-from tasks.dedup import dedup_docs
-from tasks.download import describe_sources, download_warc
-from tasks.extract import extract_text
-from tasks.filter_docs import filter_documents, funnel_markdown
-from tasks.minhash import minhash_docs
-from tasks.url_filter import filter_urls
+from fineflow.storage.artifacts import verify
+from fineflow.tasks.dedup import dedup_docs
+from fineflow.tasks.download import describe_sources, download_warc
+from fineflow.tasks.extract import extract_text
+from fineflow.tasks.filter_docs import filter_documents, funnel_markdown
+from fineflow.tasks.minhash import minhash_docs
+from fineflow.tasks.url_filter import filter_urls
 
 FRENCH = (
     "<html><body><article><h1>Le jardin</h1>"

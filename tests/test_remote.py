@@ -19,11 +19,11 @@ from moto import server as moto_server
 from pydantic import ValidationError
 
 from fineflow.config import PipelineConfig
+from fineflow.flows.grow import taken_prefix
 from fineflow.status import RESTORES, pipeline_status
-from flows.grow import taken_prefix
-from storage import layout
-from storage.artifacts import MANIFEST_NAME, ArtifactWriter
-from storage.remote import Remote, RemoteMiss
+from fineflow.storage import layout
+from fineflow.storage.artifacts import MANIFEST_NAME, ArtifactWriter
+from fineflow.storage.remote import Remote, RemoteMiss
 
 BUCKET = "fineflow-test"
 DATA_STAGES = ["download", "url_filter", "extract", "filter", "minhash", "dedup"]
@@ -151,7 +151,7 @@ def test_an_object_store_data_root_is_validated_at_the_start(tmp_path, monkeypat
 
 
 def _run(root: Path, warcs: list[str], url: str, stop_after: str = "dedup"):
-    from flows.pipeline import pipeline
+    from fineflow.flows.pipeline import pipeline
 
     cfg = small_config(root, warcs, stop_after=stop_after, remote_root=url)
     result = pipeline(cfg)

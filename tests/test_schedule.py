@@ -27,7 +27,8 @@ from e2e import SAMPLE_WARCS, head_warc
 from live_prefect import PREFECT, prefect_server, process_worker, task_runs
 
 from fineflow.cli import deep_merge
-from fineflow.config import REPO_ROOT
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 CRAWL = "CC-MAIN-2024-10"
 PER_WARC = ("download", "url_filter", "extract", "filter", "minhash")

@@ -18,7 +18,8 @@ from crawl_server import Crawl, serve
 from e2e import SAMPLE_WARCS, head_warc
 from live_prefect import PREFECT, prefect_server, process_worker, task_runs
 
-from fineflow.config import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 
 CRAWL = "CC-MAIN-2024-10"
 # About 3.5 minutes on the 2-core dev box: every deployed run starts a fresh process.

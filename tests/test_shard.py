@@ -19,19 +19,12 @@ import numpy as np
 import pytest
 from e2e import corpus_manifest
 
-import tasks.shard as shard
+import fineflow.tasks.shard as shard
 from fineflow.config import ShardConfig, TokenizerConfig
-from storage.artifacts import Manifest
-from tasks.shard import (
-    HEADER_BYTES,
-    MAGIC,
-    Split,
-    id_fraction,
-    read_shard,
-    shard_tokens,
-    write_shard,
-)
-from tasks.tokenizer import TOKENIZER_JSON, hf_encoder, load_tokenizer, train_tokenizer
+from fineflow.storage.artifacts import Manifest
+from fineflow.storage.shards import HEADER_BYTES, MAGIC, read_shard, write_shard
+from fineflow.tasks.shard import Split, id_fraction, shard_tokens
+from fineflow.tasks.tokenizer import TOKENIZER_JSON, hf_encoder, load_tokenizer, train_tokenizer
 
 # --------------------------------------------------------------------- the file format
 

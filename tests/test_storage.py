@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from fineflow.config import ExtractConfig, UrlFilterConfig
-from storage.artifacts import ArtifactWriter, load_manifest, stage_key, verify
-from storage.cache import FlockLockManager
-from storage.fingerprint import fingerprint
+from fineflow.storage.artifacts import ArtifactWriter, load_manifest, stage_key, verify
+from fineflow.storage.cache import FlockLockManager
+from fineflow.storage.fingerprint import fingerprint
 
 
 def _write(root: Path, text: str = "hello"):
@@ -148,7 +148,7 @@ def test_full_verify_sees_damage_that_keeps_size_and_mtime_and_repair_drops_it(t
     import os
 
     from fineflow.cli import main
-    from storage.artifacts import verify_store
+    from fineflow.storage.artifacts import verify_store
 
     m = _write(tmp_path)
     victim = tmp_path / "demo" / "k1" / "a.txt"

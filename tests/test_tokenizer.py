@@ -18,7 +18,7 @@ from e2e import corpus_manifest
 from tokenizers import Tokenizer, pre_tokenizers
 
 from fineflow.config import TokenizerConfig
-from tasks.tokenizer import (
+from fineflow.tasks.tokenizer import (
     EOT,
     TOKENIZER_JSON,
     byte_decoder,

@@ -28,6 +28,12 @@ from tokenizers import Tokenizer
 from fineflow.config import ModelConfig, PipelineConfig, TrainConfig
 from fineflow.errors import FineflowError
 from fineflow.model import GPT
+from fineflow.storage import layout
+from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key, verify
+from fineflow.storage.shards import read_shard, write_shard
+from fineflow.tasks.shard import encode_docs
+from fineflow.tasks.tokenizer import EOT, TOKENIZER_JSON, hf_encoder, train_bpe
+from fineflow.tasks.train import METRICS_DB, STAGE_VERSION, VAL_BATCHES, train_model
 from fineflow.training.checkpoint import checkpoint_path, checkpoints
 from fineflow.training.data import (
     Prefetcher,
@@ -39,11 +45,6 @@ from fineflow.training.data import (
 from fineflow.training.launch import train_job
 from fineflow.training.loop import grad_accum_steps, lr_at, train
 from fineflow.training.runtime import Dist, process_count
-from storage import layout
-from storage.artifacts import ArtifactWriter, Manifest, stage_key, verify
-from tasks.shard import encode_docs, read_shard, write_shard
-from tasks.tokenizer import EOT, TOKENIZER_JSON, hf_encoder, train_bpe
-from tasks.train import METRICS_DB, STAGE_VERSION, VAL_BATCHES, train_model
 
 REPO = Path(__file__).resolve().parent.parent
 

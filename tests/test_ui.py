@@ -10,12 +10,14 @@ import asyncio
 import shutil
 import subprocess
 import tempfile
+from pathlib import Path
 
 import pytest
 from e2e import SAMPLE_WARCS, head_warc, small_config
 from live_prefect import prefect_server
 
-from fineflow.config import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -55,7 +57,7 @@ def chromium(url: str, *extra: str) -> str:
 def test_run_summary_is_rendered_in_the_ui(tmp_path):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.pipeline import pipeline
+    from fineflow.flows.pipeline import pipeline
 
     warcs = [str(head_warc(p, tmp_path / p.name, 15)) for p in SAMPLE_WARCS[:2]]
     home = tmp_path / "home"

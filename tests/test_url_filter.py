@@ -14,9 +14,9 @@ import pytest
 from warc_factory import Capture, article, build_warc, record_id
 
 from fineflow.config import SAMPLE_DIR, UrlFilterConfig
-from storage.artifacts import ArtifactWriter, verify
-from tasks.download import describe_sources, download_warc
-from tasks.url_filter import (
+from fineflow.storage.artifacts import ArtifactWriter, verify
+from fineflow.tasks.download import describe_sources, download_warc
+from fineflow.tasks.url_filter import (
     UrlFilter,
     fetch_blocklist,
     filter_urls,

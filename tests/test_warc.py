@@ -24,7 +24,7 @@ from warc_factory import (
 
 from fineflow.config import SAMPLE_DIR
 from fineflow.errors import FineflowError
-from tasks.warc import (
+from fineflow.tasks.warc import (
     SNIFF_BYTES,
     WarcFormatError,
     check_integrity,
@@ -206,7 +206,7 @@ def test_whole_file_gzip_stream(tmp_path: Path) -> None:
 def test_bundled_sample_reads_clean() -> None:
     warcs = sorted((SAMPLE_DIR / "warcs").glob("*.warc.gz"))
     if not warcs:
-        pytest.skip("no bundled sample in sample/warcs")
+        pytest.skip("no bundled sample in fineflow/sample/warcs")
     counts: Counter[str] = Counter()
     records = list(iter_records(warcs[0], counts=counts))
     report = check_integrity(warcs[0])

@@ -15,10 +15,10 @@ from fineflow.config import (
     GopherRepetitionConfig,
     UrlFilterConfig,
 )
-from tasks.extract import extract_docs
-from tasks.quality import gopher_quality, gopher_repetition
-from tasks.url_filter import filter_warc
-from tasks.words import is_symbol, sentences, words
+from fineflow.tasks.extract import extract_docs
+from fineflow.tasks.quality import gopher_quality, gopher_repetition
+from fineflow.tasks.url_filter import filter_warc
+from fineflow.tasks.words import is_symbol, sentences, words
 
 CASES = {
     "Don't stop: e.g. print(x) -- it's 5km away, isn't it?": [
@@ -106,7 +106,7 @@ def test_url_rule_matches_what_spacys_does() -> None:
 
     from spacy.lang.tokenizer_exceptions import URL_MATCH
 
-    from tasks.words import _URL
+    from fineflow.tasks.words import _URL
 
     rng = random.Random(0)
     tokens = [

@@ -24,7 +24,7 @@ from fineflow.model import GPT
 from fineflow.training.runtime import SINGLE_PROCESS, Dist
 
 if TYPE_CHECKING:  # the annotation only: the trainer imports without the artifact store
-    from storage.artifacts import Manifest
+    from fineflow.storage.artifacts import Manifest
 
 
 def shard_paths(root: Path, shards: Manifest, split: str) -> list[Path]:

@@ -38,7 +38,7 @@ def train_job(
     torchrun runs fineflow.distributed, which trains with the same `train` and whose
     rank 0 leaves the final weights and logs in work/result.pt; they are read back here.
     """
-    from tasks.shard import read_shard
+    from fineflow.storage.shards import read_shard
 
     grad_accum_steps(cfg, nproc)  # batch_tokens must split over nproc: say so before torchrun
     if nproc == 1:

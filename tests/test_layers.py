@@ -1,0 +1,69 @@
+"""The layers hold: storage <- core <- tasks <- flows <- app; no module imports upward.
+
+storage (fineflow.storage: paths, artifacts, DuckDB, cache, shard format) imports no other
+part of fineflow; the core (config, sources, errors, vocab, model, training, devices,
+distributed, progress) imports only storage; tasks import storage and the core; flows add
+tasks; the application (cli, status, sample, export, logs) may import anything. Read from
+the source with `ast`, function-level imports included. `make lint` runs this test.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = {"fineflow": "fineflow", "fineflow.flows": "flows", "fineflow.tasks": "tasks"}
+FOLDERS["fineflow.storage"] = "storage"
+APP = ("fineflow.cli", "fineflow.status", "fineflow.sample", "fineflow.export", "fineflow.logs")
+NAMES = ("storage", "core", "tasks", "flows", "app")
+
+
+def layer(module: str) -> int:
+    for i, prefix in enumerate(("fineflow.storage", None, "fineflow.tasks", "fineflow.flows")):
+        if prefix and (module == prefix or module.startswith(prefix + ".")):
+            return i
+    return 4 if module.startswith(APP) else 1
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for package, folder in FOLDERS.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            if "sample" in path.relative_to(ROOT).parts:
+                continue
+            parts = [p for p in path.relative_to(ROOT / folder).with_suffix("").parts]
+            out[".".join([package, *(p for p in parts if p != "__init__")])] = path
+    return out
+
+
+def upward_imports() -> list[str]:
+    found = []
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets = [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for target in targets:
+                if target.startswith("fineflow") and layer(target) > layer(module):
+                    found.append(
+                        f"{path.relative_to(ROOT)}:{node.lineno}: {module} "
+                        f"({NAMES[layer(module)]}) imports {target} ({NAMES[layer(target)]})"
+                    )
+    return found
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    assert upward_imports() == []
+
+
+def test_only_the_fineflow_namespace_is_importable_from_the_install():
+    import importlib.util
+
+    for name in ("flows", "tasks", "storage"):
+        assert importlib.util.find_spec(name) is None, f"a top-level {name!r} is importable"
+    assert layer("fineflow.storage.cache") == 0 and layer("fineflow.cli") == 4
+    assert len(modules()) > 40  # the walk found the code
