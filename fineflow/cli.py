@@ -31,15 +31,6 @@ from pydantic import ValidationError
 
 from fineflow.config import PRESETS_FILE, STAGES, PipelineConfig
 
-# Where each output a user looks for lives inside its stage's artifact.
-OUTPUTS = (
-    ("dedup", "corpus.duckdb", "corpus catalog (DuckDB)"),
-    ("tokenizer", "tokenizer.json", "tokenizer"),
-    ("shard", "", "token shards"),
-    ("train", "model.pt", "model weights"),
-    ("evaluate", "report.md", "report"),
-)
-
 
 def _quiet_prefect() -> None:
     """No telemetry, and no phoning home from a machine that may have no network."""
@@ -161,8 +152,11 @@ def print_summary(result, cfg: PipelineConfig, seconds: float) -> None:
     root = cfg.data_root
     mirror = f" (local working copy of {cfg.remote_root})" if cfg.remote_root else ""
     print(f"\noutputs under {root}{mirror}:")
-    for stage, name, label in OUTPUTS:
-        if (m := result.outputs.get(stage)) is not None:
+    from fineflow.flows.stages import STAGES
+
+    for stage in STAGES:
+        if stage.output and (m := result.outputs.get(stage.name)) is not None:
+            name, label = stage.output
             print(f"  {label:<24} {root / m.dir / name}")
     if result.outputs.get("dedup") is not None:
         print(f"  {'extracted docs per WARC':<24} {root / 'extract'}/*/docs.parquet")

@@ -8,8 +8,9 @@ cached; below the first stage that will run, its inputs are not known until it r
 (its output may come out the same, and then downstream stays cached), and the stage
 says `unknown`. A Common Crawl slice is known once its listing is in the cache.
 
-This mirrors the wiring of flows/data.py and flows/train.py (which arguments each
-task gets); tests/test_cli.py holds the two together (a finished run reads all cached).
+The wiring is the flows' own: flows/stages.py says which arguments each task gets, for
+the flows and for this; tests/test_cli.py holds the two together (a finished run reads
+all cached).
 """
 
 from __future__ import annotations
@@ -86,16 +87,8 @@ def lookup(task: Any, cfg: PipelineConfig, stage: str, *args: Any) -> tuple[str,
 def pipeline_status(cfg: PipelineConfig) -> list[StageStatus]:
     """Per stage, in run order: cached / stale / will run / forced / unknown."""
     from fineflow.flows.data import describe_sources
-    from fineflow.tasks.dedup import dedup_docs
-    from fineflow.tasks.download import download_warc, list_common_crawl
-    from fineflow.tasks.evaluate import evaluate_model
-    from fineflow.tasks.extract import extract_text
-    from fineflow.tasks.filter_docs import filter_documents
-    from fineflow.tasks.minhash import minhash_docs
-    from fineflow.tasks.shard import shard_tokens
-    from fineflow.tasks.tokenizer import train_tokenizer
-    from fineflow.tasks.train import train_model
-    from fineflow.tasks.url_filter import filter_urls
+    from fineflow.flows.stages import BY_NAME, CORPUS, PER_WARC, until
+    from fineflow.tasks.download import list_common_crawl
 
     out: list[StageStatus] = []
     uris = list(cfg.sources.warcs)
@@ -105,61 +98,41 @@ def pipeline_status(cfg: PipelineConfig) -> list[StageStatus]:
             return [StageStatus("download", (), "the crawl's WARC list is not cached yet")]
         uris += urls
 
-    per_warc = (
-        ("download", download_warc, lambda m, s: (s, cfg.download)),
-        ("url_filter", filter_urls, lambda m, s: (m["download"], cfg.url_filter)),
-        ("extract", extract_text, lambda m, s: (m["download"], m["url_filter"], cfg.extract)),
-        ("filter", filter_documents, lambda m, s: (m["extract"], cfg.filter)),
-        ("minhash", minhash_docs, lambda m, s: (m["filter"], cfg.minhash)),
-    )
     chains: list[dict[str, Any]] = [{} for _ in uris]
     sources = describe_sources(uris)
-    for stage, task, args in per_warc:
+    for stage in PER_WARC:
         states = []
         for chain, source in zip(chains, sources, strict=True):
             if any(v is None for v in chain.values()):
                 states.append(UNKNOWN)
-                chain[stage] = None
+                chain[stage.name] = None
                 continue
-            state, chain[stage] = lookup(task, cfg, stage, *args(chain, source))
+            args = stage.args(cfg, chain, source=source)
+            state, chain[stage.name] = lookup(stage.task, cfg, stage.name, *args)
             states.append(state)
-        out.append(StageStatus(stage, tuple(states), f"{len(sources)} WARCs"))
+        out.append(StageStatus(stage.name, tuple(states), f"{len(sources)} WARCs"))
 
+    m: dict[str, Any] = {}
     if any(v is None for c in chains for v in c.values()):
-        corpus = None
+        m["dedup"] = None
         out.append(StageStatus("dedup", (UNKNOWN,), "a per-WARC stage will run first"))
     else:
-        col = {s: [c[s] for c in chains] for s in chains[0]} if chains else {}
-        funnel = col["url_filter"] + col["extract"] + col["filter"]
-        state, corpus = lookup(
-            dedup_docs, cfg, "dedup", col["filter"], col["minhash"], cfg.dedup, funnel, sources
-        )
-        out.append(StageStatus("dedup", (state,), corpus.dir if corpus else "", corpus))
+        columns = {s.name: [c[s.name] for c in chains] for s in PER_WARC}
+        dedup = BY_NAME["dedup"]
+        args = dedup.args(cfg, {}, columns=columns, sources=sources)
+        state, m["dedup"] = lookup(dedup.task, cfg, "dedup", *args)
+        out.append(StageStatus("dedup", (state,), m["dedup"].dir if m["dedup"] else "", m["dedup"]))
 
-    m: dict[str, Any] = {"corpus": corpus}
-    corpus_stages = (
-        ("tokenizer", train_tokenizer, lambda: (m["corpus"], cfg.tokenizer)),
-        ("shard", shard_tokens, lambda: (m["corpus"], m["tokenizer"], cfg.shard)),
-        ("train", train_model, lambda: (m["shard"], m["tokenizer"], cfg.train)),
-        (
-            "evaluate",
-            evaluate_model,
-            lambda: (m["train"], m["shard"], m["tokenizer"], cfg.evaluate),
-        ),
-    )
-    for stage, task, args in corpus_stages:
+    for stage in CORPUS[1:]:
         if any(v is None for v in m.values()):
-            m[stage] = None
-            out.append(StageStatus(stage, (UNKNOWN,), "an upstream stage will run first"))
+            m[stage.name] = None
+            out.append(StageStatus(stage.name, (UNKNOWN,), "an upstream stage will run first"))
             continue
-        state, m[stage] = lookup(task, cfg, stage, *args())
-        out.append(StageStatus(stage, (state,), m[stage].dir if m[stage] else "", m[stage]))
-    if cfg.stop_after:
-        from fineflow.config import STAGES
-
-        last = STAGES.index(cfg.stop_after)
-        out = [s for s in out if STAGES.index(s.stage) <= last]
-    return out
+        state, got = lookup(stage.task, cfg, stage.name, *stage.args(cfg, m))
+        m[stage.name] = got
+        out.append(StageStatus(stage.name, (state,), got.dir if got else "", got))
+    kept = {s.name for s in until(cfg.stop_after)}
+    return [s for s in out if s.stage in kept]
 
 
 def last_failures(cfg: PipelineConfig, sources: list[Any]) -> list[dict[str, str]]:

@@ -21,22 +21,12 @@ from prefect.futures import PrefectFuture
 
 from fineflow.config import PipelineConfig, StageName
 from fineflow.errors import FineflowError
+from fineflow.flows.stages import BY_NAME, PER_WARC, until
 from fineflow.flows.summary import StageClock, StageLine, WarcFailure, failure_of
 from fineflow.storage import failures as failure_records
 from fineflow.storage.artifacts import Manifest
 from fineflow.storage.cache import bind
-from fineflow.tasks.dedup import dedup_docs
-from fineflow.tasks.download import (
-    WarcSource,
-    artifact_key,
-    describe_sources,
-    download_warc,
-    list_common_crawl,
-)
-from fineflow.tasks.extract import extract_text
-from fineflow.tasks.filter_docs import filter_documents
-from fineflow.tasks.minhash import minhash_docs
-from fineflow.tasks.url_filter import filter_urls
+from fineflow.tasks.download import WarcSource, artifact_key, describe_sources, list_common_crawl
 
 
 @dataclass(frozen=True)
@@ -68,28 +58,10 @@ def build_corpus(cfg: PipelineConfig) -> CorpusResult:
     sources = describe_sources(uris)
 
     # Submit the whole per-WARC chain at once so WARC 2 downloads while WARC 1 extracts.
-    stop = cfg.stop_after
-    chain = {
-        "download": staged(download_warc, cfg, "download").map(
-            unmapped(root), sources, unmapped(cfg.download)
-        )
-    }
-    if stop != "download":
-        chain["url_filter"] = staged(filter_urls, cfg, "url_filter").map(
-            unmapped(root), chain["download"], unmapped(cfg.url_filter)
-        )
-    if stop not in ("download", "url_filter"):
-        chain["extract"] = staged(extract_text, cfg, "extract").map(
-            unmapped(root), chain["download"], chain["url_filter"], unmapped(cfg.extract)
-        )
-    if stop not in ("download", "url_filter", "extract"):
-        chain["filter"] = staged(filter_documents, cfg, "filter").map(
-            unmapped(root), chain["extract"], unmapped(cfg.filter)
-        )
-    if stop not in ("download", "url_filter", "extract", "filter"):
-        chain["minhash"] = staged(minhash_docs, cfg, "minhash").map(
-            unmapped(root), chain["filter"], unmapped(cfg.minhash)
-        )
+    chain: dict[str, list[PrefectFuture]] = {}
+    for stage in until(cfg.stop_after, PER_WARC):
+        args = stage.args(cfg, chain, source=sources, wrap=unmapped)
+        chain[stage.name] = staged(stage.task, cfg, stage.name).map(unmapped(root), *args)
     if cfg.sources.on_error == "fail":
         stop_at_first_failure(chain, sources)
     done = {stage: clock.finish(stage, list(fs), tolerate=True) for stage, fs in chain.items()}
@@ -97,15 +69,13 @@ def build_corpus(cfg: PipelineConfig) -> CorpusResult:
     good = [i for i in range(len(sources)) if all(done[s][i] is not None for s in done)]
     note_failures(cfg.data_root, sources, failures, good)
     check_enough(cfg, len(sources), failures, len(good))
-    if "minhash" not in done or stop == "minhash":
+    if len(done) < len(PER_WARC) or cfg.stop_after == PER_WARC[-1].name:
         return CorpusResult(None, clock.lines, failures, len(sources))
 
     kept = {stage: [done[stage][i] for i in good] for stage in done}
-    funnel = kept["url_filter"] + kept["extract"] + kept["filter"]
-    dedup = staged(dedup_docs, cfg, "dedup").submit(
-        root, kept["filter"], kept["minhash"], cfg.dedup, funnel, [sources[i] for i in good]
-    )
-    corpus = clock.finish("dedup", [dedup])[0]
+    dedup = BY_NAME["dedup"]
+    args = dedup.args(cfg, {}, columns=kept, sources=[sources[i] for i in good])
+    corpus = clock.finish("dedup", [staged(dedup.task, cfg, "dedup").submit(root, *args)])[0]
     return CorpusResult(corpus, clock.lines, failures, len(sources))
 
 

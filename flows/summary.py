@@ -167,67 +167,19 @@ def _completed(future: PrefectFuture) -> bool:
     return state is not None and state.is_completed()
 
 
-def _total(manifests: list[Manifest], key: str) -> int:
-    return sum(m.counts.get(key, 0) for m in manifests)
-
-
 def figure(stage: str, results: list) -> str:
-    """The one number a user wants to see for `stage`."""
-    ms = [m for m in results if isinstance(m, Manifest)]
+    """The one number a user wants to see for `stage` (flows/stages.py holds each)."""
+    from fineflow.flows.stages import BY_NAME
+
     if stage == "resolve_crawl":
         return f"{sum(len(r) for r in results)} WARC URLs"
-    if stage == "download":
-        mb = sum(f.bytes for m in ms for f in m.files if f.path != "manifest.json") / 1e6
-        return f"{len(ms)} WARCs fetched, {mb:.1f} MB"
-    if stage == "url_filter":
-        from fineflow.tasks.url_filter import FILTER_REASONS  # the URL rules, not status/type drops
-
-        dropped = sum(_total(ms, f"dropped_{reason}") for reason in FILTER_REASONS)
-        return (
-            f"{_total(ms, 'kept')} of {_total(ms, 'total')} responses kept, "
-            f"{dropped} dropped by URL rules"
-        )
-    if stage == "extract":
-        return f"{_total(ms, 'kept')} docs kept of {_total(ms, 'total')} pages"
-    if stage == "filter":
-        lang = sum(v for m in ms for k, v in m.counts.items() if k.startswith("dropped_language"))
-        return (
-            f"{_total(ms, 'kept')} of {_total(ms, 'total')} docs kept, {lang} by language, "
-            f"{_total(ms, 'total') - _total(ms, 'kept') - lang} by quality"
-        )
-    if stage == "minhash":
-        return f"{_total(ms, 'docs')} documents signed"
-    m = ms[0]
-    if stage == "dedup":
-        return (
-            f"{m.counts['kept']} docs kept, {m.counts['dropped_duplicate']} removed as duplicates"
-        )
-    if stage == "tokenizer":
-        return f"vocab size {m.stats['vocab_size']}"
-    if stage == "shard":
-        c = m.counts
-        return (
-            f"{c['train_tokens']:,} train + {c['val_tokens']:,} val tokens in {c['shards']} shards"
-        )
-    if stage == "train":
-        return (
-            f"{m.counts['steps']} steps, train loss {m.stats['first_train_loss']:.3f} -> "
-            f"{m.stats['final_train_loss']:.3f}, val loss {m.stats['val_loss']:.3f}"
-        )
-    if stage == "evaluate":
-        return (
-            f"val loss {m.stats['val_loss']:.3f}, {m.stats['bits_per_byte']:.3f} bits/byte; "
-            f"sample: {m.stats['first_sample']!r}"
-        )
-    return ""
+    ms = [m for m in results if isinstance(m, Manifest)]
+    return BY_NAME[stage].figure(ms) if ms and stage in BY_NAME else ""
 
 
 # --- artifacts in the Prefect UI ----------------------------------------------------------
 
 log = logging.getLogger("fineflow.summary")
-PER_WARC_STAGES = ("download", "url_filter", "extract", "minhash")
-# The count that says how many documents (or responses) a per-WARC stage let through.
-_KEPT = {"url_filter": "kept", "minhash": "docs"}
 
 
 def funnel_rows(
@@ -249,7 +201,7 @@ def funnel_rows(
                 continue
             if ln.stage == "url_filter" and "total" in m.counts:
                 rows[m.warc]["responses"] = m.counts["total"]
-            kept = m.counts.get(_KEPT.get(ln.stage, "kept"))
+            kept = m.counts.get("kept")  # every stage's count of what it let through
             if kept is not None:
                 rows[m.warc][f"after {ln.stage}"] = kept
         columns += [f"after {ln.stage}"]

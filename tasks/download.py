@@ -30,8 +30,9 @@ Common Crawl slices are resolved from `<base_url>crawl-data/<crawl>/warc.paths.g
 read as a stream and only as far as needed.
 
 Artifact: the WARC under its own file name; manifest.warc = that name;
-counts: bytes, members, corrupt_members, truncated_tail (1 when the file ends inside
-a record); stats: format ("gzip" | "plain").
+counts: total (gzip members, or plain records), kept (intact), dropped_corrupt_member,
+dropped_truncated_tail (1 when the file ends inside a record), bytes; stats: format
+("gzip" | "plain"), source_uri (the location before its name was made safe).
 The artifact key is the source (uri, name, content hash of a local file), not
 DownloadConfig: retries and timeouts do not change the bytes.
 """
@@ -590,11 +591,12 @@ def _download(root: str, source: WarcSource, cfg: DownloadConfig) -> Manifest:
             ", cut off inside its last record" if report.truncated else "",
             time.monotonic() - started,
         )
-        counts = {
+        counts = {  # the vocabulary of every stage: total, kept, dropped_<reason>
+            "total": report.members + report.corrupt_members + report.truncated_tail,
+            "kept": report.members,
+            "dropped_corrupt_member": report.corrupt_members,
+            "dropped_truncated_tail": report.truncated_tail,
             "bytes": report.bytes,
-            "members": report.members,
-            "corrupt_members": report.corrupt_members,
-            "truncated_tail": report.truncated_tail,
         }
         stats = {"format": report.format, "source_uri": source.uri}  # before it was made safe
         return out.commit(source, counts=counts, stats=stats)

@@ -38,7 +38,7 @@ from prefect import task
 from fineflow.config import MinHashConfig
 from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
 
-STAGE_VERSION = 2
+STAGE_VERSION = 3  # 3: counts total/kept, the vocabulary of every stage
 SIGNATURES = "signatures.parquet"
 SIGNATURE_SCHEMA = pa.schema([("id", pa.string()), ("band", pa.int16()), ("key", pa.uint64())])
 # Pinned so a datasketch release that changes its default scheme cannot silently change keys.
@@ -220,7 +220,7 @@ def signatures_to_parquet(docs_path: Path, out_path: Path, cfg: MinHashConfig) -
             )
             writer.write_table(table)
             n_docs += len(ids)
-    return {"docs": n_docs}
+    return {"total": n_docs, "kept": n_docs}  # every document is signed
 
 
 @task(name="minhash", task_run_name="minhash[{docs.warc}]")
@@ -232,7 +232,7 @@ def minhash_docs(root: str, docs: Manifest, cfg: MinHashConfig) -> Manifest:
         docs_path = docs.path(Path(root), "docs.parquet")
         counts = signatures_to_parquet(docs_path, out.path(SIGNATURES), cfg)
         dt = time.perf_counter() - t0
-        log.info("minhash %s: %d docs in %.1fs", docs.warc, counts["docs"], dt)
+        log.info("minhash %s: %d docs in %.1fs", docs.warc, counts["kept"], dt)
         stats: dict[str, float | int | str] = {
             "bands": cfg.bands,
             "rows": cfg.rows,

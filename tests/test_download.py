@@ -119,9 +119,10 @@ def test_plain_http_download_task(tmp_path: Path, server: _Server, warc_bytes: b
     assert m.path(tmp_path / "data", "a.warc.gz").read_bytes() == warc_bytes
     assert m.counts == {
         "bytes": len(warc_bytes),
-        "members": 13,
-        "corrupt_members": 0,
-        "truncated_tail": 0,
+        "total": 13,
+        "kept": 13,
+        "dropped_corrupt_member": 0,
+        "dropped_truncated_tail": 0,
     }
     assert verify(tmp_path / "data", m) is None
     assert [f.path for f in m.files] == ["a.warc.gz"]  # no .part left behind
@@ -178,7 +179,7 @@ def test_server_with_truncated_file_is_accepted(
     url = _url(server, "files", "cut.warc.gz")
     [source] = describe_sources([url])
     m = download_warc.fn(str(tmp_path / "data"), source, FAST)
-    assert m.counts["truncated_tail"] == 1 and m.counts["members"] == 12
+    assert m.counts["dropped_truncated_tail"] == 1 and m.counts["kept"] == 12
     assert m.path(tmp_path / "data", "cut.warc.gz").read_bytes() == warc_bytes[:-30]
     assert len(server.hits["/files/cut.warc.gz"]) == 1  # not fetched again and again
 
@@ -217,7 +218,7 @@ def test_local_path_and_file_uri(tmp_path: Path, warc_bytes: bytes) -> None:
         root = tmp_path / "data"
         m = download_warc.fn(str(root), source, FAST)
         assert m.path(root, src.name).read_bytes() == warc_bytes
-        assert verify(root, m) is None and m.counts["members"] == 13
+        assert verify(root, m) is None and m.counts["kept"] == 13
 
 
 def test_local_changes_change_the_key(tmp_path: Path, warc_bytes: bytes) -> None:
@@ -236,7 +237,7 @@ def test_local_truncated_file_is_taken_and_others_are_clear_errors(
     [source] = describe_sources([str(cut)])
     assert source.content_sha256 is not None
     m = download_warc.fn(str(tmp_path / "data"), source, FAST)
-    assert (m.counts["members"], m.counts["truncated_tail"]) == (12, 1)
+    assert (m.counts["kept"], m.counts["dropped_truncated_tail"]) == (12, 1)
     not_warc = tmp_path / "notes.warc.gz"
     not_warc.write_text("hello")
     with pytest.raises(

@@ -67,3 +67,12 @@ def test_only_the_fineflow_namespace_is_importable_from_the_install():
         assert importlib.util.find_spec(name) is None, f"a top-level {name!r} is importable"
     assert layer("fineflow.storage.cache") == 0 and layer("fineflow.cli") == 4
     assert len(modules()) > 40  # the walk found the code
+
+
+def test_the_stage_table_and_the_configs_stage_names_agree():
+    from fineflow.config import STAGES as NAMES_IN_CONFIG
+    from fineflow.flows.stages import STAGES
+
+    assert tuple(s.name for s in STAGES) == NAMES_IN_CONFIG  # --force / --stop-after choices
+    for stage in STAGES:
+        assert callable(stage.task.fn), stage.task_ref

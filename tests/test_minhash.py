@@ -123,7 +123,7 @@ def test_minhash_task_writes_one_row_per_doc_and_band(tmp_path: Path) -> None:
     docs = extract_manifest(tmp_path, "w0.warc.gz", [("a", LIGHTHOUSE), ("b", RIVER), ("c", "")])
     cfg = MinHashConfig()
     m = minhash_docs.fn(str(tmp_path), docs, cfg)
-    assert m.stage == "minhash" and m.warc == "w0.warc.gz" and m.counts == {"docs": 3}
+    assert m.stage == "minhash" and m.warc == "w0.warc.gz" and m.counts == {"total": 3, "kept": 3}
     table = pq.read_table(m.path(tmp_path, SIGNATURES))
     assert table.schema.field("id").type == pa.string()
     assert table.schema.field("band").type == pa.int16()
