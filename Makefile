@@ -31,7 +31,7 @@ chromium:
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 lint: setup
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/pytest -q tests/test_layers.py
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/pytest -q tests/core/test_layers.py
 
 # A local Prefect server on http://127.0.0.1:4200 and a worker for the `fineflow-process`
 # pool, both in the background (pids and logs in $(UI_RUN)); `make ui-stop` stops both.

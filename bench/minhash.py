@@ -4,7 +4,7 @@
 
 Prints documents/s and MB/s of the stage's path (numpy batch over datasketch's affine64
 permutations) and of datasketch's own MinHash.update_batch on the same shingles, which
-the fast path equals (tests/test_minhash.py).
+the fast path equals (tests/tasks/test_minhash.py).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.helpers
 
 
 def main() -> None:
@@ -46,10 +46,10 @@ def main() -> None:
         AWS_DEFAULT_REGION="us-east-1",
     )
     import fsspec
-    from e2e import SAMPLE_WARCS, head_warc, small_config
     from prefect.testing.utilities import prefect_test_harness
 
     from fineflow.flows.pipeline import pipeline
+    from tests.helpers.e2e import SAMPLE_WARCS, head_warc, small_config
 
     fs = fsspec.filesystem("s3")
     fs.mkdir("bench")

@@ -9,7 +9,7 @@ cached; below the first stage that will run, its inputs are not known until it r
 says `unknown`. A Common Crawl slice is known once its listing is in the cache.
 
 The wiring is the flows' own: flows/stages.py says which arguments each task gets, for
-the flows and for this; tests/test_cli.py holds the two together (a finished run reads
+the flows and for this; tests/cli/test_cli.py holds the two together (a finished run reads
 all cached).
 """
 

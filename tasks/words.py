@@ -18,7 +18,7 @@ letter, ellipses); special cases (contractions "don't" -> do n't, abbreviations
 "e.g.", emoticons) are kept or split as listed, also when they were cut apart by the
 affix rules. On the bundled sample the token lists equal spaCy 3.8's for 98% of
 documents, and every Gopher/C4/FineWeb decision is the same
-(tests/test_words.py checks it against spaCy itself).
+(tests/tasks/test_words.py checks it against spaCy itself).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def prefect_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def warcs(tmp_path_factory) -> list[str]:
     """Three small real WARCs: the first pages of the bundled sample's first three."""
-    from e2e import PAGES_PER_WARC, SAMPLE_WARCS, head_warc
+    from tests.helpers.e2e import PAGES_PER_WARC, SAMPLE_WARCS, head_warc
 
     d = tmp_path_factory.mktemp("warcs")
     return [str(head_warc(p, d / p.name, PAGES_PER_WARC)) for p in SAMPLE_WARCS[:3]]
