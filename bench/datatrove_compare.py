@@ -98,7 +98,7 @@ def fineflow_side(warc: Path, assets: Path) -> dict:
 
     from fineflow.config import ExtractConfig, FilterConfig, UrlFilterConfig
     from fineflow.tasks.extract import extract_docs
-    from fineflow.tasks.filter_docs import filter_docs
+    from fineflow.tasks.filter import judge_docs
     from fineflow.tasks.url_filter import filter_warc
 
     cfg = UrlFilterConfig(
@@ -116,7 +116,7 @@ def fineflow_side(warc: Path, assets: Path) -> dict:
         t0, c0 = time.perf_counter(), cpu_seconds()
         filter_warc(warc, t / "records.parquet", cfg)
         extract_docs(warc, t / "records.parquet", t / "docs.parquet", ExtractConfig(workers=0))
-        filter_docs(t / "docs.parquet", t / "kept.parquet", t / "dropped.parquet", FilterConfig())
+        judge_docs(t / "docs.parquet", t / "kept.parquet", t / "dropped.parquet", FilterConfig())
         seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         records = pq.read_table(t / "records.parquet", columns=["id", "url", "reason"]).to_pylist()
         docs = {r["id"] for r in pq.read_table(t / "docs.parquet", columns=["id"]).to_pylist()}

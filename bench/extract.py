@@ -4,7 +4,7 @@
 
 Per WARC, the stages' pure functions in sequence: url_filter (filter_warc) -> trafilatura
 extraction (extract_docs, in-process: no sandbox worker, so one WARC = one core) -> the
-language / Gopher / C4 / FineWeb / PII filters (filter_docs). "one core" runs the WARCs
+language / Gopher / C4 / FineWeb / PII filters (judge_docs). "one core" runs the WARCs
 one after the other in this process; "2 workers" runs them on a pool of 2 processes, as
 the flow's process pool does. Rates count HTML responses that reached extraction.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fineflow.config import SAMPLE_DIR, ExtractConfig, FilterConfig, UrlFilterConfig
 from fineflow.tasks.extract import extract_docs
-from fineflow.tasks.filter_docs import filter_docs
+from fineflow.tasks.filter import judge_docs
 from fineflow.tasks.url_filter import filter_warc
 
 
@@ -35,7 +35,7 @@ def one_warc(warc: str) -> tuple[int, int, int, float, float]:
             Path(warc), t / "records.parquet", t / "docs.parquet", ExtractConfig(workers=0)
         )
         t1 = time.process_time()
-        fcounts, _ = filter_docs(
+        fcounts, _ = judge_docs(
             t / "docs.parquet", t / "kept.parquet", t / "dropped.parquet", FilterConfig()
         )
         t2 = time.process_time()

@@ -113,7 +113,7 @@ STAGES: tuple[Stage, ...] = (
           _url_filter, True),
     Stage("extract", _T + "extract:extract_text", ("download", "url_filter", "cfg.extract"),
           lambda ms: f"{_sum(ms, 'kept')} docs kept of {_sum(ms, 'total')} pages", True),
-    Stage("filter", _T + "filter_docs:filter_documents", ("extract", "cfg.filter"), _filter, True),
+    Stage("filter", _T + "filter:filter_docs", ("extract", "cfg.filter"), _filter, True),
     Stage("minhash", _T + "minhash:minhash_docs", ("filter", "cfg.minhash"),
           lambda ms: f"{_sum(ms, 'kept')} documents signed", True),
     Stage("dedup", _T + "dedup:dedup_docs",

@@ -263,7 +263,7 @@ def summary_markdown(
             for f in failures
         ]
     if (corpus := outputs.get("dedup")) is not None:  # FineWeb's funnel, from the catalog
-        from fineflow.tasks.filter_docs import funnel_markdown
+        from fineflow.tasks.filter import funnel_markdown
 
         table = funnel_markdown(corpus.path(Path(root), "corpus.duckdb"))
         md += ["", "## Funnel: where every record went", "", table] if table else []

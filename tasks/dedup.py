@@ -55,7 +55,7 @@ from fineflow.storage import catalog, layout
 from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
 from fineflow.storage.fingerprint import fingerprint
 from fineflow.tasks.download import WarcSource
-from fineflow.tasks.filter_docs import funnel_digest, load_funnel
+from fineflow.tasks.filter import funnel_digest, load_funnel
 
 STAGE_VERSION = 3  # 3: a WARC's crawl comes from its source URI
 CORPUS_DB = "corpus.duckdb"

@@ -78,7 +78,7 @@ def test_data_flow_on_dask_cluster_matches_local_process_pool(cluster, warcs, tm
         "download_warc": n,
         "filter_urls": n,
         "extract_text": n,
-        "filter_documents": n,
+        "filter_docs": n,
         "minhash_docs": n,
         "dedup_docs": 1,
     }

@@ -1,4 +1,4 @@
-"""End to end under Prefect's test server: the caching promises of ARCHITECTURE.md.
+"""End to end under Prefect's test server: the caching promises that docs/TESTS.md lists.
 
 The corpus is the first pages of the bundled sample's WARCs (real records, copied
 byte for byte), so each flow run takes seconds, not minutes.

@@ -26,7 +26,7 @@ from fineflow.config import (
 from fineflow.tasks.dedup import CORPUS_DB, CorpusMismatch, dedup_corpus
 from fineflow.tasks.download import fetch
 from fineflow.tasks.extract import extract_docs
-from fineflow.tasks.filter_docs import filter_docs
+from fineflow.tasks.filter import judge_docs
 from fineflow.tasks.minhash import signatures_to_parquet
 from fineflow.tasks.shard import shard_corpus
 from fineflow.tasks.tokenizer import train_bpe, train_tokenizer
@@ -55,7 +55,7 @@ def run(tmp_path: Path, warc: Path, cfg: ExtractConfig | None = None) -> tuple[d
     filter_warc(warc, records, UrlFilterConfig(blocklist=blocklist))
     docs, kept = tmp_path / "docs.parquet", tmp_path / "kept.parquet"
     counts, _ = extract_docs(warc, records, docs, cfg or ExtractConfig())
-    filter_docs(docs, kept, tmp_path / "dropped.parquet", FilterConfig())
+    judge_docs(docs, kept, tmp_path / "dropped.parquet", FilterConfig())
     return counts, [d["url"] for d in pq.read_table(kept).to_pylist()]
 
 

@@ -19,7 +19,7 @@ from fineflow.storage.artifacts import verify
 from fineflow.tasks.dedup import dedup_docs
 from fineflow.tasks.download import describe_sources, download_warc
 from fineflow.tasks.extract import extract_text
-from fineflow.tasks.filter_docs import filter_documents, funnel_markdown
+from fineflow.tasks.filter import filter_docs, funnel_markdown
 from fineflow.tasks.minhash import minhash_docs
 from fineflow.tasks.url_filter import filter_urls
 from tests.helpers.warc_factory import Capture, article, build_warc
@@ -54,7 +54,7 @@ def test_filter_task_and_funnel_tables(tmp_path: Path) -> None:
     urls = filter_urls.fn(root, dl, UrlFilterConfig(blocklist=blocklist))
     ext = extract_text.fn(root, dl, urls, ExtractConfig())
 
-    flt = filter_documents.fn(root, ext, FilterConfig())
+    flt = filter_docs.fn(root, ext, FilterConfig())
 
     assert verify(Path(root), flt) is None
     c = flt.counts
@@ -70,7 +70,7 @@ def test_filter_task_and_funnel_tables(tmp_path: Path) -> None:
         ("https://fr.example/", "language_other"),
         ("https://code.example/", "c4_curly_bracket"),
     }
-    assert filter_documents.fn(root, ext, FilterConfig()) == flt  # deterministic
+    assert filter_docs.fn(root, ext, FilterConfig()) == flt  # deterministic
 
     sig = minhash_docs.fn(root, flt, MinHashConfig())
     corpus = dedup_docs.fn(root, [flt], [sig], DedupConfig(), [urls, ext, flt])

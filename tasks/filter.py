@@ -65,10 +65,11 @@ def count_keys(cfg: FilterConfig) -> list[str]:
     ]
 
 
-def filter_docs(
+def judge_docs(
     docs: Path, out: Path, dropped: Path, cfg: FilterConfig
 ) -> tuple[dict[str, int], int]:
-    """Write the kept documents and the dropped samples; returns (counts, characters kept)."""
+    """Judge every document (quality.judge): the kept ones to `out`, redacted, and up to
+    `cfg.dropped_samples` per reason to `dropped`; returns (counts, characters kept)."""
     counts: Counter[str] = Counter()
     samples: dict[str, list[dict]] = defaultdict(list)
     chars = 0
@@ -222,12 +223,12 @@ def funnel_markdown(db_path: Path) -> str:
 
 
 @task(name="filter", task_run_name="filter[{docs.warc}]")
-def filter_documents(root: str, docs: Manifest, cfg: FilterConfig) -> Manifest:
+def filter_docs(root: str, docs: Manifest, cfg: FilterConfig) -> Manifest:
     """Language ID, Gopher, C4 and FineWeb quality filters and PII redaction for one WARC."""
     key = stage_key(STAGE_VERSION, docs, cfg)
     started = time.monotonic()
     with ArtifactWriter(Path(root), "filter", key, warc=docs.warc) as out:
-        counts, chars = filter_docs(
+        counts, chars = judge_docs(
             docs.path(Path(root), DOCS), out.path(DOCS), out.path(DROPPED), cfg
         )
         log.info(
