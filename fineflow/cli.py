@@ -2,7 +2,7 @@
 
     fineflow run [--preset NAME] [--config FILE] [--set train.steps=100 ...] [--stop-after STAGE]
     fineflow rerun STAGE [...]     same, with STAGE's cache refreshed
-    fineflow status [...]          per stage: cached, stale or will run; runs nothing
+    fineflow status [--why] [...]  per stage: cached, stale or will run (and why); runs nothing
     fineflow verify [--repair]     rehash every artifact; name (or remove) the damaged ones
     fineflow sample [PROMPT ...] [...]   continue prompts with the model the config trained
     fineflow export OUT_DIR [...]  that model as a Hugging Face transformers directory
@@ -149,6 +149,10 @@ def print_summary(result, cfg: PipelineConfig, seconds: float) -> None:
     print(f"{'stage':<11} {'status':<16} {'seconds':>8}  key figure")
     for line in result.lines:
         print(line)
+    if said := [line for line in result.lines if line.why]:
+        print("why they ran:")
+        for line in said:
+            print(f"  {line.stage:<11} {line.why}")
     root = cfg.data_root
     mirror = f" (local working copy of {cfg.remote_root})" if cfg.remote_root else ""
     print(f"\noutputs under {root}{mirror}:")
@@ -221,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--debug", action="store_true", help="tracebacks in the terminal too")
         if name == "verify":
             p.add_argument("--repair", action="store_true", help="remove damaged artifacts")
+        if name == "status":
+            p.add_argument("--why", action="store_true", help="say why each stage would run")
     args = parser.parse_args(argv)
 
     force = args.force + ([args.stage] if args.command == "rerun" else [])
@@ -243,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":
         from fineflow.status import describe
 
-        print(describe(cfg))
+        print(describe(cfg, args.why))
         return 0
     if args.command in ("sample", "export"):
         return use_model(args, cfg)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -46,6 +46,13 @@ StageName = Literal[
 STAGES: tuple[str, ...] = get_args(StageName)
 
 
+def runtime(**kw: Any) -> Any:
+    """A field that cannot change any stage's output (threads, workers, memory limits,
+    retries, checkpoint cadence): it stays out of every cache key (storage/fingerprint.py),
+    so changing it reruns nothing; tests/flows/test_caching.py holds each one to it."""
+    return Field(json_schema_extra={"affects_output": False}, **kw)
+
+
 class _Config(BaseModel):
     # validate_default: a default has its field's type (a float field's `3` becomes 3.0), so
     # a config read back from JSON (a --config file, the Prefect UI's form, a deployment)
@@ -74,12 +81,12 @@ class SourceConfig(_Config):
         description="WARC locations: https://, http://, s3://, file:// or a local path",
     )
     common_crawl: CommonCrawlConfig | None = None
-    on_error: Literal["skip", "fail"] = Field(
+    on_error: Literal["skip", "fail"] = runtime(
         default="skip",
         description="a WARC that fails a per-WARC stage: skip it (counted, named, retried by "
         "the next run; the corpus is built from the rest) or fail the whole run at once",
     )
-    min_good_warcs: int = Field(
+    min_good_warcs: int = runtime(
         default=1,
         ge=1,
         description="fail the run when fewer WARCs than this make it through the per-WARC "
@@ -100,12 +107,12 @@ class SourceConfig(_Config):
 
 
 class DownloadConfig(_Config):
-    retries: int = Field(default=4, ge=0, description="attempts after the first")
-    backoff_s: float = Field(
+    retries: int = runtime(default=4, ge=0, description="attempts after the first")
+    backoff_s: float = runtime(
         default=1.0, gt=0, allow_inf_nan=False, description="first retry delay; doubles"
     )
-    timeout_s: float = Field(default=60.0, gt=0, description="socket timeout per read")
-    chunk_bytes: int = Field(default=1 << 20, ge=4096)
+    timeout_s: float = runtime(default=60.0, gt=0, description="socket timeout per read")
+    chunk_bytes: int = runtime(default=1 << 20, ge=4096)
 
 
 class UrlFilterConfig(_Config):
@@ -161,7 +168,7 @@ class ExtractConfig(_Config):
     include_tables: bool = Field(
         default=True, description="text of <table> cells kept (trafilatura's and FineWeb's default)"
     )
-    workers: int = Field(
+    workers: int = runtime(
         default=1,
         ge=0,
         description="sandbox processes per WARC task (0: extract in-process, no timeout)",
@@ -274,12 +281,12 @@ class DedupConfig(_Config):
     scope: Literal["crawl", "global"] = Field(
         default="crawl", description="compare documents within their crawl (FineWeb) or all"
     )
-    memory_limit: str = Field(
+    memory_limit: str = runtime(
         default="4GB",
         pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
         description="DuckDB memory_limit; past it DuckDB spills to a scratch directory",
     )
-    threads: int | None = Field(default=None, ge=1, description="DuckDB threads (None: all)")
+    threads: int | None = runtime(default=None, ge=1, description="DuckDB threads (None: all)")
 
 
 class TokenizerConfig(_Config):
@@ -290,7 +297,7 @@ class TokenizerConfig(_Config):
 class ShardConfig(_Config):
     shard_tokens: int = Field(default=10_000_000, ge=1024, description="tokens per shard file")
     val_fraction: float = Field(default=0.05, gt=0, lt=1, description="of documents, by id hash")
-    batch_docs: int = Field(default=256, ge=1)
+    batch_docs: int = runtime(default=256, ge=1, description="documents encoded per batch")
 
 
 class ModelConfig(_Config):
@@ -339,10 +346,10 @@ class TrainConfig(_Config):
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     compile: bool | None = Field(default=None, description="None: on for CUDA, off for CPU")
-    checkpoint_every: int = Field(default=100, ge=1)
-    keep_checkpoints: int = Field(default=2, ge=1, description="newest checkpoints kept")
+    checkpoint_every: int = runtime(default=100, ge=1)
+    keep_checkpoints: int = runtime(default=2, ge=1, description="newest checkpoints kept")
     log_every: int = Field(default=25, ge=1)
-    threads: int | None = Field(default=None, ge=1, description="torch CPU threads")
+    threads: int | None = runtime(default=None, ge=1, description="torch CPU threads")
     nproc: int | None = Field(
         default=None,
         ge=1,
@@ -408,8 +415,8 @@ class PipelineConfig(_Config):
     shard: ShardConfig = ShardConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
-    workers: int = Field(default=2, ge=1, description="processes for the per-WARC stages")
-    dask_address: str | None = Field(
+    workers: int = runtime(default=2, ge=1, description="processes for the per-WARC stages")
+    dask_address: str | None = runtime(
         default=None,
         description="address of an existing Dask scheduler (tcp://host:8786): the per-WARC "
         "stages run on its workers instead of the local process pool",

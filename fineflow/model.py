@@ -23,8 +23,8 @@ default. It bought 0.23 nats: on 2.2M tokens of the sample's docs pages, the CPU
 default (300 steps) reached a val loss of 5.25 untied vs 5.48 tied (LLaMA and nanochat
 untie too).
 
-The train stage's cache key does not see this file: a change here that changes what
-training produces must bump STAGE_VERSION in tasks/train.py.
+The train and evaluate stages' cache keys see this file's code (storage/code.py): a change
+of logic here reruns them; a comment or docstring edit does not.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ and the download stage can use the same rules (tasks/download.py)."""
 from __future__ import annotations
 
 import hashlib
+import re
+from datetime import date
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
@@ -68,3 +70,19 @@ def check_sources(uris: list[str]) -> None:
             raise ValueError(f"WARC source {uri} is listed twice; list each WARC once")
         seen.add(uri)
         source_name(uri)  # a location with no file name fails here
+
+
+_CRAWL_ID = re.compile(r"CC-MAIN-(\d{4})-(\d{2})(?!\d)")
+_CRAWL_TS = re.compile(r"CC-MAIN-(\d{4})(\d{2})(\d{2})\d{6}-")
+
+
+def crawl_of(warc: str, uri: str | None = None) -> str:
+    """The crawl a WARC belongs to: the id in its source `uri`, else in its name `warc`,
+    else the ISO week of the timestamp in its name (dedup's crawl scope: tasks/dedup.py)."""
+    for where in (uri, warc):
+        if where and (m := _CRAWL_ID.search(where)):
+            return m.group(0)
+    if m := _CRAWL_TS.search(warc):
+        year, week, _ = date(*map(int, m.groups())).isocalendar()
+        return f"week-{year}-{week:02d}"
+    return "unknown"

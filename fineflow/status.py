@@ -1,12 +1,15 @@
 """`fineflow status`: what a run of a config would take from the cache, without running it.
 
 Each stage's cache key is computed the way `storage.cache.StageCache` computes it
-(task name + STAGE_VERSION + task source + the task's inputs), walking the DAG in
+(task name + the named key parts of storage/why.py), walking the DAG in
 run order: a stage's inputs are the manifests its upstream stages would hand it,
 read from their cache records. So the answer is exact while every upstream stage is
 cached; below the first stage that will run, its inputs are not known until it runs
 (its output may come out the same, and then downstream stays cached), and the stage
 says `unknown`. A Common Crawl slice is known once its listing is in the cache.
+With `--why`, each stage that would run says why: what changed since its last run here
+(a setting old -> new, an upstream output, a definition of the code it runs), forced,
+or a damaged output.
 
 The wiring is the flows' own: flows/stages.py says which arguments each task gets, for
 the flows and for this; tests/cli/test_cli.py holds the two together (a finished run reads
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fineflow.config import PipelineConfig
-from fineflow.storage import layout
+from fineflow.storage import layout, why
 from fineflow.storage.artifacts import manifests, verify
 from fineflow.storage.cache import task_cache_key
 from fineflow.storage.remote import Remote
@@ -36,6 +39,7 @@ class StageStatus:
     states: tuple[str, ...]  # one per task run (per WARC for per-WARC stages)
     detail: str = ""
     output: Any = None  # a corpus stage's manifest, when its cache holds one
+    why: str = ""  # why the runs that will run do (storage/why.py)
 
     @property
     def summary(self) -> str:
@@ -54,6 +58,20 @@ def cache_key(task: Any, root: str, *args: Any, remote: str | None = None) -> st
     """The key StageCache gives `task` called with (root, *args)."""
     inputs = dict(inspect.signature(task.fn).bind(root, *args).arguments)
     return task_cache_key(task, inputs, remote)
+
+
+def why_runs(task: Any, cfg: PipelineConfig, state: str, *args: Any) -> str:
+    """Why a task run in `state` runs: forced, damaged, or what changed since its last run."""
+    if state == FORCED:
+        return "forced (--force / rerun)"
+    if state == STALE:
+        return "cached output not intact (fineflow verify names the files)"
+    if state != RUNS:
+        return ""
+    inputs = dict(inspect.signature(task.fn).bind(str(cfg.data_root), *args).arguments)
+    parts = why.key_parts(task.fn, inputs, cfg.remote_root)
+    record = why.read(cfg.data_root, task.name, why.slot(inputs))
+    return why.explain(task.name, record.get("parts"), parts)
 
 
 def lookup(task: Any, cfg: PipelineConfig, stage: str, *args: Any) -> tuple[str, Any]:
@@ -101,7 +119,7 @@ def pipeline_status(cfg: PipelineConfig) -> list[StageStatus]:
     chains: list[dict[str, Any]] = [{} for _ in uris]
     sources = describe_sources(uris)
     for stage in PER_WARC:
-        states = []
+        states, reasons = [], []
         for chain, source in zip(chains, sources, strict=True):
             if any(v is None for v in chain.values()):
                 states.append(UNKNOWN)
@@ -110,7 +128,9 @@ def pipeline_status(cfg: PipelineConfig) -> list[StageStatus]:
             args = stage.args(cfg, chain, source=source)
             state, chain[stage.name] = lookup(stage.task, cfg, stage.name, *args)
             states.append(state)
-        out.append(StageStatus(stage.name, tuple(states), f"{len(sources)} WARCs"))
+            reasons.append(why_runs(stage.task, cfg, state, *args))
+        said = why.summarize([r for r in reasons if r])
+        out.append(StageStatus(stage.name, tuple(states), f"{len(sources)} WARCs", why=said))
 
     m: dict[str, Any] = {}
     if any(v is None for c in chains for v in c.values()):
@@ -121,16 +141,20 @@ def pipeline_status(cfg: PipelineConfig) -> list[StageStatus]:
         dedup = BY_NAME["dedup"]
         args = dedup.args(cfg, {}, columns=columns, sources=sources)
         state, m["dedup"] = lookup(dedup.task, cfg, "dedup", *args)
-        out.append(StageStatus("dedup", (state,), m["dedup"].dir if m["dedup"] else "", m["dedup"]))
+        said = why_runs(dedup.task, cfg, state, *args)
+        detail = m["dedup"].dir if m["dedup"] else ""
+        out.append(StageStatus("dedup", (state,), detail, m["dedup"], said))
 
     for stage in CORPUS[1:]:
         if any(v is None for v in m.values()):
             m[stage.name] = None
             out.append(StageStatus(stage.name, (UNKNOWN,), "an upstream stage will run first"))
             continue
-        state, got = lookup(stage.task, cfg, stage.name, *stage.args(cfg, m))
+        args = stage.args(cfg, m)
+        state, got = lookup(stage.task, cfg, stage.name, *args)
         m[stage.name] = got
-        out.append(StageStatus(stage.name, (state,), got.dir if got else "", got))
+        said = why_runs(stage.task, cfg, state, *args)
+        out.append(StageStatus(stage.name, (state,), got.dir if got else "", got, said))
     kept = {s.name for s in until(cfg.stop_after)}
     return [s for s in out if s.stage in kept]
 
@@ -144,12 +168,16 @@ def last_failures(cfg: PipelineConfig, sources: list[Any]) -> list[dict[str, str
     return [f for f in found if f is not None]
 
 
-def describe(cfg: PipelineConfig) -> str:
+def describe(cfg: PipelineConfig, show_why: bool = False) -> str:
     from fineflow.flows.data import describe_sources
 
     lines = [f"fineflow status of {Path(cfg.data_root)} (nothing was run)"]
     lines.append(f"{'stage':<11} {'status':<22} detail")
-    lines += [str(s) for s in pipeline_status(cfg)]
+    stages = pipeline_status(cfg)
+    lines += [str(s) for s in stages]
+    if show_why and (said := [s for s in stages if s.why]):
+        lines.append("why they would run:")
+        lines += [f"  {s.stage:<11} {s.why}" for s in said]
     uris = list(cfg.sources.warcs)  # a Common Crawl slice's WARCs: as its listing is cached
     if failed := last_failures(cfg, describe_sources(uris)):
         lines.append(f"{len(failed)} WARC(s) failed last time and will be tried again:")

@@ -50,7 +50,7 @@ def staged(task, cfg: PipelineConfig, stage: StageName):
 def build_corpus(cfg: PipelineConfig) -> CorpusResult:
     """Download, filter, extract and deduplicate the configured WARCs."""
     root = str(cfg.data_root)
-    clock = StageClock()
+    clock = StageClock(cfg.data_root)
     uris = list(cfg.sources.warcs)
     if cfg.sources.common_crawl is not None:
         listing = staged(list_common_crawl, cfg, "download").submit(root, cfg.sources.common_crawl)

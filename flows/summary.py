@@ -20,6 +20,7 @@ from pathlib import Path
 
 from prefect.futures import PrefectFuture
 
+from fineflow.storage import why
 from fineflow.storage.artifacts import Manifest
 
 
@@ -91,6 +92,7 @@ class StageLine:
     # What the stage returned, for the run's artifacts; not part of the printed line.
     manifests: tuple[Manifest, ...] = field(default=(), repr=False, compare=False)
     failed: int = 0  # task runs that failed (per-WARC stages; their WARCs are left out)
+    why: str = ""  # why the runs that ran did (storage/why.py), "" when all came cached
 
     @property
     def status(self) -> str:
@@ -108,9 +110,10 @@ class StageLine:
 class StageClock:
     """Waits for each stage's futures in pipeline order and times what each one added."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path | None = None) -> None:
         self.last = time.monotonic()
         self.lines: list[StageLine] = []
+        self.root = root  # where the why records are (storage/why.py); None: not said
 
     def finish(
         self, stage: str, futures: list[PrefectFuture], tolerate: bool = False
@@ -134,8 +137,14 @@ class StageClock:
         failed = sum(s is not None and (s.is_failed() or s.is_crashed()) for s in states)
         ms = tuple(m for m in results if isinstance(m, Manifest))
         ran = sum(s is not None and s.is_completed() for s in states) - cached
+        said = ""
+        if ran and self.root is not None:  # the runs that ran: what the next --why compares
+            slots = [m.warc or "corpus" for m in ms]
+            for slot in slots:
+                why.completed(self.root, stage, slot)
+            said = why.summarize(why.reasons(self.root, stage, slots))
         self.lines.append(
-            StageLine(stage, ran, cached, now - self.last, figure(stage, results), ms, failed)
+            StageLine(stage, ran, cached, now - self.last, figure(stage, results), ms, failed, said)
         )
         self.last = now
         return results
@@ -248,11 +257,12 @@ def summary_markdown(
         "",
         f"{len(lines)} stages, {ran} ran, {len(lines) - ran} cached.",
         "",
-        "| stage | status | seconds | key figure |",
-        "|---|---|---:|---|",
+        "| stage | status | seconds | key figure | why it ran |",
+        "|---|---|---:|---|---|",
     ]
     md += [
-        f"| {ln.stage} | {ln.status} | {ln.seconds:.1f} | {ln.figure.replace('|', '/')} |"
+        f"| {ln.stage} | {ln.status} | {ln.seconds:.1f} | {ln.figure.replace('|', '/')} "
+        f"| {ln.why.replace('|', '/')} |"
         for ln in lines
     ]
     if failures:

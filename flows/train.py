@@ -30,7 +30,7 @@ def train_on_corpus(cfg: PipelineConfig, corpus: Manifest) -> ModelResult:
     # the stage table imports a task when it is used: train's and evaluate's torch is not
     # imported by a data-only run (the scheduled crawl growth, every process-pool worker)
     root = str(cfg.data_root)
-    clock = StageClock()
+    clock = StageClock(cfg.data_root)
     out: dict[str, Manifest] = {"dedup": corpus}
     for stage in until(cfg.stop_after, CORPUS):
         if stage.name == "dedup":

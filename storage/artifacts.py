@@ -63,17 +63,19 @@ class Manifest(BaseModel):
     counts: dict[str, int] = {}
     stats: dict[str, float | int | str] = {}
 
-    def cache_identity(self) -> dict[str, str | None]:
-        """What a downstream cache key sees: which artifact, and what it holds.
+    def cache_identity(self) -> dict[str, Any]:
+        """What a downstream cache key sees: what the artifact holds, not where or how.
 
-        File hashes are left out on purpose: they only prove integrity (see `verify`),
-        and an artifact rebuilt with the same content must not rerun everything after it.
+        Its content fingerprint and counts, never its `key` (the inputs that made it):
+        a stage that reruns and makes the same content leaves everything after it cached
+        (early cutoff). File hashes are left out too: they only prove integrity (see
+        `verify`), and a DuckDB file rebuilt with the same rows has other bytes.
         """
         return {
             "stage": self.stage,
-            "key": self.key,
             "warc": self.warc,
             "fingerprint": self.fingerprint,
+            "counts": self.counts,
         }
 
     @property

@@ -1,18 +1,23 @@
 """The one cache policy every stage uses, and the lock that keeps overlapping runs apart.
 
-Cache key = the task's name + its inputs (manifests and sub-configs; any `Path` by
-content) + the task's source + the `STAGE_VERSION` of the task's module. Bump
-`STAGE_VERSION` when a helper the task calls changes its output: Prefect's task
-source sees only the task's own lines.
+Cache key = the task's name + the digest of its named key parts (storage/why.py): its
+inputs (upstream manifests by content identity, sub-configs by their output-affecting
+fields, any `Path` by content; never the data root, so a moved or copied root stays
+cached), the code it runs (every project definition the task reaches, normalised:
+storage/code.py) and, if its module has one, `STAGE_VERSION` as an explicit salt.
+Early cutoff falls out: a stage that reruns and makes the same content hands the same
+identity downstream, and everything after it stays cached.
 
 A cached result is trusted only while its artifact is intact: before Prefect looks
 the key up, the stored manifest is verified against the files on disk, and a record
 whose files are missing or changed is deleted, so the stage runs again instead of
-handing a dangling manifest downstream.
+handing a dangling manifest downstream. A task run that misses says why (a log line
+on the task run, shown in the Prefect UI, and `_prefect/why/` for the run summary and
+`fineflow status --why`).
 
-With a remote data root (`storage.remote`) the key sees the URL, not the local path,
-a record the remote holds counts as a hit (its artifacts are fetched only when a stage
-that runs reads them), and a completion hook uploads what a task made.
+With a remote data root (`storage.remote`) the key also sees the remote URL, a record
+the remote holds counts as a hit (its artifacts are fetched only when a stage that
+runs reads them), and a completion hook uploads what a task made.
 
 Result records live in `<data_root>/_prefect/results`; locks (SERIALIZABLE
 isolation) in `<data_root>/_prefect/locks` as `flock`s, which the OS releases
@@ -25,18 +30,16 @@ import asyncio
 import fcntl
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, TypeVar
 
-from prefect.cache_policies import TASK_SOURCE, CachePolicy
+from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.tasks import Task
 
-from fineflow.storage import layout
+from fineflow.storage import layout, why
 from fineflow.storage.artifacts import manifests, verify
 from fineflow.storage.fingerprint import fingerprint
 from fineflow.storage.remote import PushToRemote, Remote
@@ -47,10 +50,10 @@ T = TypeVar("T", bound=Task)
 
 @dataclass
 class StageCache(CachePolicy):
-    """Inputs + task source + STAGE_VERSION; drops records whose artifact is gone.
+    """Named key parts (inputs, code, salt); drops records whose artifact is gone.
 
-    With `remote` (the data root's fsspec URL), the key sees the URL instead of the local
-    working copy's path, and the remote is consulted before the lookup (Remote.restore).
+    With `remote` (the data root's fsspec URL), the key also sees the URL, and the remote
+    is consulted before the lookup (Remote.restore).
     """
 
     remote: str | None = None
@@ -64,40 +67,71 @@ class StageCache(CachePolicy):
     ) -> str | None:
         if task_ctx is None:
             return None
-        key = task_cache_key(task_ctx.task, inputs, self.remote)
+        task = task_ctx.task
+        parts = why.key_parts(task.fn, inputs, self.remote)
+        key = _key(task, parts)
         root = inputs.get("root")
         if root is not None:
             held: set[str] = set()
             if self.remote is not None:
-                refresh = bool(task_ctx.task.refresh_cache)
+                refresh = bool(task.refresh_cache)
                 held = Remote(self.remote).restore(Path(root), key, inputs, refresh)
-            _drop_if_stale(task_ctx, key, Path(root), held)
+            stale = _drop_if_stale(task_ctx, key, Path(root), held)
+            _note_why(task_ctx, Path(root), key, inputs, parts, stale)
         return key
 
 
 def task_cache_key(task: Task, inputs: dict[str, Any], remote: str | None = None) -> str:
-    """The key of `task` run on `inputs` (its bound arguments): name, version, source, inputs.
+    """The key of `task` run on `inputs` (its bound arguments).
 
     One formula for the cache itself and for `fineflow status`, which predicts hits.
-    With a remote data root the key sees its URL in place of the local `root`, so every
-    machine mirroring one bucket computes the same keys.
     """
-    if remote is not None and "root" in inputs:
-        inputs = {**inputs, "root": remote}
-    module = sys.modules.get(task.fn.__module__)
-    version = getattr(module, "STAGE_VERSION", None)
-    if version is None:
-        raise RuntimeError(f"{task.fn.__module__} defines no STAGE_VERSION")
-    # TASK_SOURCE reads only `.task` of the context it is given
-    source = TASK_SOURCE.compute_key(SimpleNamespace(task=task), inputs, {})
-    return f"{task.name}-{fingerprint(version, source, inputs)[:32]}"
+    return _key(task, why.key_parts(task.fn, inputs, remote))
 
 
-def _drop_if_stale(task_ctx: TaskRunContext, key: str, root: Path, held: set[str]) -> None:
-    """Delete the record `key` if an artifact it names is not intact (`held`: on the remote)."""
+def _key(task: Task, parts: dict[str, str]) -> str:
+    return f"{task.name}-{fingerprint(parts)[:32]}"
+
+
+def _note_why(
+    task_ctx: TaskRunContext,
+    root: Path,
+    key: str,
+    inputs: dict[str, Any],
+    parts: dict[str, str],
+    stale: str | None,
+) -> None:
+    """Record this run's key parts; on a miss, say why it runs (task run log, summary)."""
+    task = task_ctx.task
+    slot = why.slot(inputs)
+    record = why.read(root, task.name, slot)
+    store = task_ctx.result_store
+    if task.refresh_cache:
+        reason = "forced (--force / rerun)"
+    elif stale is not None:
+        reason = f"cached output not intact: {stale}"
+    elif store is not None and store.exists(key):
+        if record.get("parts") != parts or record.get("reason"):
+            why.write(root, task.name, slot, {"parts": parts, "reason": None})
+        return
+    else:
+        reason = why.explain(task.name, record.get("parts"), parts)
+    # the flow makes these the ones to compare with once the run completes (StageClock)
+    why.write(root, task.name, slot, {**record, "pending": parts, "reason": reason})
+    try:
+        from prefect.logging import get_run_logger
+
+        get_run_logger(task_ctx).info("runs: %s", reason)
+    except Exception:  # no run logger (a plain call): the module's logger says it
+        log.info("%s [%s] runs: %s", task.name, slot, reason)
+
+
+def _drop_if_stale(task_ctx: TaskRunContext, key: str, root: Path, held: set[str]) -> str | None:
+    """Delete the record `key` if an artifact it names is not intact (`held`: on the remote);
+    returns why, or None when the record is intact or absent."""
     store = task_ctx.result_store
     if store is None or not store.exists(key):
-        return
+        return None
     try:
         result = store.read(key).result
     except Exception as exc:  # an unreadable record is as good as none
@@ -107,12 +141,13 @@ def _drop_if_stale(task_ctx: TaskRunContext, key: str, root: Path, held: set[str
             (r for m in manifests(result) if m.dir not in held and (r := verify(root, m))), None
         )
     if reason is None:
-        return
+        return None
     basepath = getattr(store.result_storage, "basepath", None)
     if basepath is None:
         raise RuntimeError(f"stale cache entry {key} ({reason}) on non-local result storage")
     log.warning("cache entry %s not trusted: %s; the stage runs again", key, reason)
     Path(basepath, key).unlink(missing_ok=True)
+    return reason
 
 
 class FlockLockManager:

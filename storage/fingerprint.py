@@ -2,7 +2,11 @@
 
 A `Path` is fingerprinted by the bytes it names (a file, or every file under a
 directory), never by its name, so a changed blocklist or WARC changes every key
-that depends on it. Pydantic models are fingerprinted by their JSON dump.
+that depends on it. Pydantic models are fingerprinted by their fields, less those
+declared unable to change an output (`json_schema_extra={"affects_output": False}`:
+threads, workers, memory limits, retries), so such a setting never reruns a stage.
+An object with a `cache_identity()` (a manifest, a WARC source) is fingerprinted by
+what that returns.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 _CHUNK = 1 << 20
 # (path, size, mtime_ns) -> digest: rehashing a multi-GB shard on every lookup is waste.
@@ -35,11 +40,33 @@ def file_sha256(path: Path) -> str:
     return digest
 
 
+def affects_output(field: FieldInfo) -> bool:
+    """False for a field declared unable to change any output (kept out of every key)."""
+    extra = field.json_schema_extra
+    return not (isinstance(extra, dict) and extra.get("affects_output") is False)
+
+
+def output_fields(model: BaseModel) -> dict[str, Any]:
+    """The model's field values that can change an output, by name."""
+    fields = type(model).model_fields
+    return {name: getattr(model, name) for name, f in fields.items() if affects_output(f)}
+
+
+def output_dump(model: BaseModel) -> dict[str, Any]:
+    """The model as JSON-ready data, less (at every depth) the fields that cannot change
+    an output: what an artifact records of the config that made it."""
+    full = model.model_dump(mode="json")
+    return {
+        name: output_dump(v) if isinstance(v, BaseModel) else full[name]
+        for name, v in output_fields(model).items()
+    }
+
+
 def _canonical(obj: Any) -> Any:
     if hasattr(obj, "cache_identity"):  # manifests: content, not incidental bytes
         return {"__artifact__": _canonical(obj.cache_identity())}
     if isinstance(obj, BaseModel):
-        return {"__model__": type(obj).__name__, **_canonical(obj.model_dump(mode="python"))}
+        return {"__model__": type(obj).__name__, **_canonical(output_fields(obj))}
     if isinstance(obj, Path):
         if obj.is_file():
             return {"__file__": file_sha256(obj)}
@@ -56,7 +83,11 @@ def _canonical(obj: Any) -> Any:
     raise TypeError(f"cannot fingerprint a {type(obj).__name__}; pass a manifest or config")
 
 
+def canonical_json(obj: Any) -> str:
+    """The canonical JSON of `obj` (Paths by content, manifests by identity)."""
+    return json.dumps(_canonical(obj), sort_keys=True, separators=(",", ":"))
+
+
 def fingerprint(*parts: Any) -> str:
     """A hex sha256 of the canonical JSON of `parts` (Paths by content)."""
-    blob = json.dumps(_canonical(list(parts)), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return hashlib.sha256(canonical_json(list(parts)).encode()).hexdigest()

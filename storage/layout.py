@@ -6,6 +6,7 @@
                           the next writer of the key
   _prefect/results/       Prefect result records (the task cache), beside the data
   _prefect/locks/         per-cache-key locks for overlapping runs
+  _prefect/why/<stage>/   per WARC (or `corpus`), the key parts of its last run (storage/why.py)
   _failed/<source>.json   why a WARC failed its per-WARC stages last time (gone once it works)
   _logs/run-*.log         each `fineflow run`'s full log, tracebacks included
 
@@ -31,6 +32,11 @@ def artifact_dir(root: Path, stage: str, key: str) -> Path:
 
 def results_dir(root: Path) -> Path:
     return Path(root) / "_prefect" / "results"
+
+
+def why_dir(root: Path) -> Path:
+    """Per stage and WARC, the key parts of its last run: what `--why` compares with."""
+    return Path(root) / "_prefect" / "why"
 
 
 def locks_dir(root: Path) -> Path:

@@ -36,12 +36,10 @@ largest_cluster, crawls (the WARCs' crawls, comma-separated).
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +49,7 @@ import pyarrow as pa
 from prefect import task
 
 from fineflow.config import DedupConfig
+from fineflow.sources import crawl_of
 from fineflow.storage import catalog, layout
 from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
 from fineflow.storage.fingerprint import fingerprint
@@ -86,22 +85,6 @@ def clusters_from_edges(edges: Iterable[tuple[int, int]]) -> dict[int, int]:
             # The smaller root wins, so a component's root is always its first document.
             parent[max(ra, rb)] = min(ra, rb)
     return {x: find(x) for x in parent}
-
-
-_CRAWL_ID = re.compile(r"CC-MAIN-(\d{4})-(\d{2})(?!\d)")
-_CRAWL_TS = re.compile(r"CC-MAIN-(\d{4})(\d{2})(\d{2})\d{6}-")
-
-
-def crawl_of(warc: str, uri: str | None = None) -> str:
-    """The crawl a WARC belongs to: the id in its source `uri`, else in its name `warc`,
-    else the ISO week of the timestamp in its name (see the module docstring)."""
-    for where in (uri, warc):
-        if where and (m := _CRAWL_ID.search(where)):
-            return m.group(0)
-    if m := _CRAWL_TS.search(warc):
-        year, week, _ = date(*map(int, m.groups())).isocalendar()
-        return f"week-{year}-{week:02d}"
-    return "unknown"
 
 
 def first_seen_clusters(
@@ -376,6 +359,28 @@ def iter_kept_ids(db_path: Path, batch: int = 10_000) -> Iterator[list[str]]:
         yield [r[0] for r in rows]
 
 
+def paired_files(
+    root: Path, docs: list[Manifest], signatures: list[Manifest]
+) -> list[tuple[str, Path, Path]]:
+    """(WARC, docs.parquet, signatures.parquet) per WARC; CorpusMismatch if out of step."""
+    if len(docs) != len(signatures):
+        raise CorpusMismatch(f"{len(docs)} docs manifests, {len(signatures)} signature manifests")
+    for d, s in zip(docs, signatures, strict=True):
+        if d.warc != s.warc:
+            raise CorpusMismatch(f"docs and signatures out of step: {d.warc} vs {s.warc}")
+    return [
+        (d.warc or d.key, d.path(root, "docs.parquet"), s.path(root, "signatures.parquet"))
+        for d, s in zip(docs, signatures, strict=True)
+    ]
+
+
+def corpus_content(docs: list[Manifest], decisions_md5: str, funnel: list[Manifest]) -> str:
+    """What corpus.duckdb holds, as a fingerprint: its bytes differ run to run, its meaning
+    is the input documents, the keep/cluster decisions and the funnel tables."""
+    content = fingerprint([d.fingerprint for d in docs], decisions_md5)
+    return fingerprint(content, funnel_digest(funnel)) if funnel else content
+
+
 @task(name="dedup")
 def dedup_docs(
     root: str,
@@ -392,21 +397,11 @@ def dedup_docs(
     `dropped_samples` table) of corpus.duckdb. `sources`: the WARCs as the download
     stage took them; a WARC's source URI names its crawl (the "crawl" scope).
     """
-    if len(docs) != len(signatures):
-        raise CorpusMismatch(f"{len(docs)} docs manifests, {len(signatures)} signature manifests")
-    for d, s in zip(docs, signatures, strict=True):
-        if d.warc != s.warc:
-            raise CorpusMismatch(f"docs and signatures out of step: {d.warc} vs {s.warc}")
     base = Path(root)
-    files = [
-        (d.warc or d.key, d.path(base, "docs.parquet"), s.path(base, "signatures.parquet"))
-        for d, s in zip(docs, signatures, strict=True)
-    ]
+    files = paired_files(base, docs, signatures)
     funnel = list(funnel or [])
     uri_of = {s.name: s.uri for s in sources or []}
     crawls = [crawl_of(w, uri_of.get(w)) for w, _, _ in files]
-    if cfg.scope == "crawl":
-        log.info("dedup per crawl, WARCs per crawl: %s", dict(Counter(crawls)))
     # The crawls decide the scopes, so they are part of what names the output.
     key = stage_key(STAGE_VERSION, docs, signatures, cfg, crawls, *([funnel] if funnel else []))
     t0 = time.perf_counter()
@@ -420,19 +415,18 @@ def dedup_docs(
             with catalog.connect(out.path(CORPUS_DB)) as con:
                 load_funnel(con, base, funnel)
         log.info(
-            "dedup: %d docs, %d kept, %d dropped in %d clusters (%.1fs)",
+            "dedup: %d docs, %d kept, %d dropped in %d clusters, crawls %s (%.1fs)",
             counts["docs"],
             counts["kept"],
             counts["dropped_duplicate"],
             counts["clusters"],
+            dict(Counter(crawls)),
             time.perf_counter() - t0,
         )
-        largest = counts.pop("largest_cluster")
-        # corpus.duckdb's bytes differ run to run; what it holds is the input documents
-        # plus the keep/cluster decisions, so that is its fingerprint.
-        content = fingerprint([d.fingerprint for d in docs], counts.pop("decisions_md5"))
-        if funnel:  # the funnel tables are part of what the file holds
-            content = fingerprint(content, funnel_digest(funnel))
         # which crawls the corpus spans (a WARC's crawl as dedup saw it, whatever the scope)
-        stats = {"largest_cluster": largest, "crawls": ",".join(sorted(set(crawls)))}
+        stats = {
+            "largest_cluster": counts.pop("largest_cluster"),
+            "crawls": ",".join(sorted(set(crawls))),
+        }
+        content = corpus_content(docs, counts.pop("decisions_md5"), funnel)
         return out.commit(cfg, counts=counts, stats=stats, content=content)

@@ -60,7 +60,7 @@ from pydantic import BaseModel, ConfigDict
 
 from fineflow.config import CommonCrawlConfig, DownloadConfig
 from fineflow.errors import FineflowError, disk_full, is_disk_full
-from fineflow.sources import check_sources, local_path, source_names
+from fineflow.sources import check_sources, crawl_of, local_path, source_names
 from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
 from fineflow.storage.fingerprint import file_sha256
 from fineflow.tasks.warc import IntegrityReport, WarcFormatError, check_integrity, read_head, sniff
@@ -104,6 +104,15 @@ class WarcSource(BaseModel):
     uri: str
     name: str  # file name in the store; unique within a run
     content_sha256: str | None = None
+
+    def cache_identity(self) -> dict[str, str | None]:
+        """What a cache key sees: a local file by its content (so a moved checkout or data
+        root stays cached), a remote one by its URI; and the crawl it belongs to (dedup's
+        scope reads it from the URI)."""
+        where = (
+            {"content_sha256": self.content_sha256} if self.content_sha256 else {"uri": self.uri}
+        )
+        return {"name": self.name, **where, "crawl": crawl_of(self.name, self.uri)}
 
 
 # --- sources ---------------------------------------------------------------------------

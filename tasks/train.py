@@ -118,39 +118,59 @@ def _vocab_size(shards: Manifest, tokenizer: Manifest) -> int:
     return vocab
 
 
-@task(name="train", task_run_name="train")
-def train_model(root: str, shards: Manifest, tokenizer: Manifest, cfg: TrainConfig) -> Manifest:
-    """Train the GPT on the train shards (resuming a killed run); weights, config, metrics."""
+def read_val(root: Path, shards: Manifest) -> list:
+    """The val shards, refused before training if they hold no target for the val loss."""
     from fineflow.storage.shards import read_shard
-    from fineflow.tasks.tokenizer import TOKENIZER_JSON
 
-    key = stage_key(STAGE_VERSION, shards, tokenizer, cfg)
-    work = layout.work_dir(Path(root), "train", key)
-    vocab_size = _vocab_size(shards, tokenizer)
-    nproc = process_count(cfg)
-    val_shards = [read_shard(p) for p in shard_paths(Path(root), shards, "val")]
-    if not any(len(s) >= 2 for s in val_shards):  # checked before training, not after it
+    val_shards = [read_shard(p) for p in shard_paths(root, shards, "val")]
+    if not any(len(s) >= 2 for s in val_shards):
         tokens = sum(len(s) for s in val_shards)
         raise ValueError(
             f"shard artifact {shards.key}: the val split holds {tokens} token(s) in "
             f"{len(val_shards)} shard(s), no target for the val loss; more data or a larger "
             "shard.val_fraction"
         )
-    result = train_job(shard_paths(Path(root), shards, "train"), vocab_size, cfg, work, nproc)
+    return val_shards
 
-    max_val = VAL_BATCHES * cfg.batch_size * cfg.model.block_size
-    device = pick_device(cfg.device)
-    model = result.model.to(device)
-    val_loss = mean_loss(model, val_shards, cfg.batch_size, device, max_val)
-    tail = [loss for _, loss in result.history[-FINAL_LOSS_POINTS:]]
-    log.info("train: done, %d steps, val loss %.4f", result.steps, val_loss)
 
+def loss_figures(history: list[tuple[int, float]], val_loss: float) -> tuple[dict, dict]:
+    """(metrics.json, manifest stats) of a finished run's loss curve."""
+    tail = [loss for _, loss in history[-FINAL_LOSS_POINTS:]]
     metrics = {
-        "step": [s for s, _ in result.history],
-        "train_loss": [round(loss, 6) for _, loss in result.history],
+        "step": [s for s, _ in history],
+        "train_loss": [round(loss, 6) for _, loss in history],
         "val_loss": round(val_loss, 6),
     }
-    with ArtifactWriter(Path(root), "train", key) as out:
+    stats = {
+        "first_train_loss": round(history[0][1], 6),  # step 1: about ln(vocab)
+        "final_train_loss": round(sum(tail) / len(tail), 6),
+        "val_loss": round(val_loss, 6),
+    }
+    return metrics, stats
+
+
+@task(name="train", task_run_name="train")
+def train_model(root: str, shards: Manifest, tokenizer: Manifest, cfg: TrainConfig) -> Manifest:
+    """Train the GPT on the train shards (resuming a killed run); weights, config, metrics."""
+    from fineflow.tasks.tokenizer import TOKENIZER_JSON
+
+    base = Path(root)
+    key = stage_key(STAGE_VERSION, shards, tokenizer, cfg)
+    work = layout.work_dir(base, "train", key)
+    vocab_size = _vocab_size(shards, tokenizer)
+    val_shards = read_val(base, shards)  # checked before training, not after it
+    result = train_job(
+        shard_paths(base, shards, "train"), vocab_size, cfg, work, process_count(cfg)
+    )
+
+    device = pick_device(cfg.device)
+    model = result.model.to(device)
+    max_val = VAL_BATCHES * cfg.batch_size * cfg.model.block_size
+    val_loss = mean_loss(model, val_shards, cfg.batch_size, device, max_val)
+    log.info("train: done, %d steps, val loss %.4f", result.steps, val_loss)
+    metrics, stats = loss_figures(result.history, val_loss)
+
+    with ArtifactWriter(base, "train", key) as out:
         _write(out, "model.pt", lambda p: save_model(model, p))
         _write(out, "config.json", lambda p: _write_json(p, run_config(model, cfg)))
         _write(out, "metrics.json", lambda p: _write_json(p, metrics))
@@ -158,7 +178,7 @@ def train_model(root: str, shards: Manifest, tokenizer: Manifest, cfg: TrainConf
         # fingerprint is a digest of the other files (which say what the model is).
         _write(out, METRICS_DB, lambda p: write_metrics_db(p, result.log_rows, result.info))
         # The tokenizer travels with the weights: `python -m fineflow.export` needs both.
-        tok_json = tokenizer.path(Path(root), TOKENIZER_JSON)
+        tok_json = tokenizer.path(base, TOKENIZER_JSON)
         _write(out, TOKENIZER_JSON, lambda p: shutil.copyfile(tok_json, p))
         content = fingerprint(
             [(n, file_sha256(out.path(n))) for n in (*DETERMINISTIC_FILES, TOKENIZER_JSON)]
@@ -167,12 +187,7 @@ def train_model(root: str, shards: Manifest, tokenizer: Manifest, cfg: TrainConf
             manifest = out.commit(
                 cfg,
                 counts={"steps": result.steps, "tokens_seen": result.tokens_seen},
-                stats={
-                    "first_train_loss": round(result.history[0][1], 6),  # step 1: about ln(vocab)
-                    "final_train_loss": round(sum(tail) / len(tail), 6),
-                    "val_loss": round(val_loss, 6),
-                    "params": model.num_params(),
-                },
+                stats={**stats, "params": model.num_params()},
                 content=content,
             )
     shutil.rmtree(work, ignore_errors=True)  # the artifact now holds what the checkpoint did

@@ -6,6 +6,6 @@
     loop        optimizer, lr schedule, grad accumulation, `train`
     launch      `train_job`: in this process, or under torchrun (fineflow.distributed)
 
-Anything here that changes what training produces (weights, logged losses) must bump
-STAGE_VERSION in tasks/train.py: the stage's cache key sees the task's source, not these.
+The train stage's cache key sees the code of every definition here that the task reaches
+(storage/code.py), so a change of logic reruns training; comments and docstrings do not.
 """

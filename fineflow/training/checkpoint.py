@@ -27,14 +27,16 @@ import torch
 from fineflow.config import TrainConfig
 from fineflow.errors import FineflowError, disk_full, is_disk_full
 from fineflow.model import GPT
+from fineflow.storage.fingerprint import output_dump
 from fineflow.training.runtime import SINGLE_PROCESS, Dist
 
 CHECKPOINT_PREFIX = "ckpt_"  # ckpt_<step, 9 digits>.pt in the work dir
 
 
 def run_config(model: GPT, cfg: TrainConfig) -> dict[str, Any]:
-    """What a checkpoint must agree on to be resumed (and what config.json records)."""
-    return {"model": model.spec(), "train": cfg.model_dump(mode="json")}
+    """What a checkpoint must agree on to be resumed (and what config.json records): the
+    settings that can change the weights; threads or checkpoint cadence may differ."""
+    return {"model": model.spec(), "train": output_dump(cfg)}
 
 
 def _config_diff(saved: Any, current: Any, where: str = "") -> list[str]:
