@@ -59,9 +59,9 @@ def _value_parts(name: str, value: Any) -> Iterator[tuple[str, str]]:
             yield from _value_parts(f"{name}.{field}", v)
     elif isinstance(value, (list, tuple)) and any(hasattr(v, "cache_identity") for v in value):
         for i, v in enumerate(value):
-            label = getattr(v, "name", None) or str(i)  # a WARC source
+            label = getattr(v, "warc", None) or str(i)
             if hasattr(v, "stage"):  # a manifest: dedup's funnel holds three per WARC
-                label = f"{v.stage}/{v.warc}" if v.warc else v.stage
+                label = f"{v.stage}/{label}"
             yield from _value_parts(f"{name}[{label}]", v)
     else:
         yield name, canonical_json(value)
@@ -69,11 +69,9 @@ def _value_parts(name: str, value: Any) -> Iterator[tuple[str, str]]:
 
 def slot(inputs: dict[str, Any]) -> str:
     """Which run of a stage this is across runs: its WARC's name, or `corpus`."""
-    for value in inputs.values():
-        warc = getattr(value, "warc", None) if hasattr(value, "cache_identity") else None
-        name = warc or (getattr(value, "name", None) if hasattr(value, "content_sha256") else None)
-        if name:
-            return safe_name(name)
+    for value in inputs.values():  # a manifest of one WARC, or a WARC source
+        if hasattr(value, "cache_identity") and (warc := getattr(value, "warc", None)):
+            return safe_name(warc)
     return "corpus"
 
 

@@ -105,6 +105,11 @@ class WarcSource(BaseModel):
     name: str  # file name in the store; unique within a run
     content_sha256: str | None = None
 
+    @property
+    def warc(self) -> str:
+        """The WARC's name, as a per-WARC manifest says it."""
+        return self.name
+
     def cache_identity(self) -> dict[str, str | None]:
         """What a cache key sees: a local file by its content (so a moved checkout or data
         root stays cached), a remote one by its URI; and the crawl it belongs to (dedup's
