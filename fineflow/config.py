@@ -168,10 +168,11 @@ class ExtractConfig(_Config):
     include_tables: bool = Field(
         default=True, description="text of <table> cells kept (trafilatura's and FineWeb's default)"
     )
-    workers: int = runtime(
-        default=1,
+    workers: int | None = runtime(
+        default=None,
         ge=0,
-        description="sandbox processes per WARC task (0: extract in-process, no timeout)",
+        description="sandbox processes per WARC task (None: the cores the task has, the "
+        "machine's over the WARCs running at once; 0: extract in-process, no timeout)",
     )
     timeout_s: float = Field(default=5.0, gt=0, description="per page; the worker is replaced")
     worker_memory_mb: int = Field(
@@ -268,6 +269,12 @@ class FilterConfig(_Config):
     fineweb: FineWebFilterConfig = FineWebFilterConfig()
     pii: PiiConfig = PiiConfig()
     dropped_samples: int = Field(default=5, ge=0, description="kept per drop reason, per WARC")
+    workers: int | None = runtime(
+        default=None,
+        ge=0,
+        description="processes judging one WARC's documents (None: the cores the task has; "
+        "0 or 1: in-process); a WARC of few documents is always judged in-process",
+    )
 
 
 class MinHashConfig(_Config):

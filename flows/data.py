@@ -27,6 +27,7 @@ from fineflow.storage import failures as failure_records
 from fineflow.storage.artifacts import Manifest
 from fineflow.storage.cache import bind
 from fineflow.tasks.download import WarcSource, artifact_key, describe_sources, list_common_crawl
+from fineflow.tasks.sandbox import available_cores
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ def build_corpus(cfg: PipelineConfig) -> CorpusResult:
         listing = staged(list_common_crawl, cfg, "download").submit(root, cfg.sources.common_crawl)
         uris += clock.finish("resolve_crawl", [listing])[0]
     sources = describe_sources(uris)
+    cfg = sized(cfg, len(sources))
 
     # Submit the whole per-WARC chain at once so WARC 2 downloads while WARC 1 extracts.
     chain: dict[str, list[PrefectFuture]] = {}
@@ -77,6 +79,22 @@ def build_corpus(cfg: PipelineConfig) -> CorpusResult:
     args = dedup.args(cfg, {}, columns=kept, sources=[sources[i] for i in good])
     corpus = clock.finish("dedup", [staged(dedup.task, cfg, "dedup").submit(root, *args)])[0]
     return CorpusResult(corpus, clock.lines, failures, len(sources))
+
+
+def sized(cfg: PipelineConfig, warcs: int) -> PipelineConfig:
+    """`cfg` with the per-WARC stages' workers left to the flow (None) made a count: the
+    cores this process may use over the WARCs that run at once, so one big WARC gets
+    every core and a crawl of thousands one per task (more would only contend). 1 on a
+    Dask cluster, whose workers' cores are not known here. A runtime setting: the
+    outputs are the same bytes for any count."""
+    running = min(cfg.workers, max(warcs, 1))
+    cores = 1 if cfg.dask_address else max(1, available_cores() // running)
+    update = {
+        name: sub.model_copy(update={"workers": cores})
+        for name in ("extract", "filter")
+        if (sub := getattr(cfg, name)).workers is None
+    }
+    return cfg.model_copy(update=update) if update else cfg
 
 
 def warc_failures(

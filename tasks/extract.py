@@ -36,10 +36,14 @@ in a sandbox worker, under its 2048 MB `worker_memory_mb` cap (an idle worker ho
 ~7 MB runs past the 5 s `timeout_s` and counts skipped_timeout.
 
 trafilatura runs in `workers` sandbox processes (tasks/sandbox.py) fed one page at a
-time: a page that takes longer than `timeout_s` kills its worker (skipped_timeout,
-a fresh worker takes over), a worker that dies or hits its `worker_memory_mb`
-address-space cap counts skipped_crash; the rest of the WARC goes on. workers = 0
-extracts in-process (no timeout), for benchmarks and debugging.
+time, the results taken back in WARC order, so docs.parquet is the same bytes for any
+number of workers. None (the default) is the cores the task has: the flow gives each of
+the WARCs running at once its share of the machine (one big WARC gets every core, a
+crawl of many one each); a sandbox beyond the first is a fork of the one started. A page
+that takes longer than `timeout_s` kills its worker (skipped_timeout, a fresh worker
+takes over), a worker that dies or hits its `worker_memory_mb` address-space cap counts
+skipped_crash; the rest of the WARC goes on. workers = 0 extracts in-process (no
+timeout), for benchmarks and debugging.
 
 docs.parquet: id (record uuid), url, host, warc (file name), date, text,
 length (int64, characters); row groups of 1000 documents, in WARC order.
@@ -73,7 +77,7 @@ from trafilatura.utils import load_html
 
 from fineflow.config import ExtractConfig
 from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
-from fineflow.tasks.sandbox import Sandbox
+from fineflow.tasks.sandbox import Sandbox, worker_count
 from fineflow.tasks.warc import WarcRecord, read_records_at
 
 STAGE_VERSION = 5  # 3: table text kept; 4: records after a bad one in a gzip member read;
@@ -450,10 +454,11 @@ def extract_docs(
                 pending.append((rec, row))
                 yield html, cfg.favor_precision, cfg.include_comments, cfg.include_tables
 
-    if cfg.workers:
+    workers = min(worker_count(cfg.workers), max(len(wanted), 1))  # no idle sandboxes
+    if workers:
         # timeout_s=inf (no timeout) is valid config; the sandbox's waits need a finite number
         timeout = min(cfg.timeout_s, _NO_TIMEOUT_S)
-        pool = Sandbox(extractor, cfg.workers, timeout, cfg.worker_memory_mb)
+        pool = Sandbox(extractor, workers, timeout, cfg.worker_memory_mb)
     else:
         pool = _InProcess(extractor)
     chars = 0

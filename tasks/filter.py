@@ -11,6 +11,10 @@ length recomputed. dropped.parquet: up to `dropped_samples` documents per reason
 Counts: total, kept, dropped_<reason> for every reason of quality.reasons(cfg),
 replaced_email, replaced_ip. Stats: chars (of kept text).
 
+A WARC of `POOL_MIN_DOCS` (400) documents or more is judged on `workers` processes
+(None: the cores the task has, see tasks/extract.py), batches of 64 sent in order and
+taken back in order, so the output is the same bytes for any number of workers.
+
 Also here, for the corpus catalog: `funnel_rows` (manifests -> funnel table rows),
 `load_funnel` (the `funnel` and `dropped_samples` tables of corpus.duckdb) and
 `funnel_markdown` (the funnel per WARC and in total, as Markdown).
@@ -20,8 +24,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,7 +36,8 @@ from fineflow.config import FilterConfig
 from fineflow.storage import catalog
 from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
 from fineflow.tasks.extract import DOCS_SCHEMA
-from fineflow.tasks.quality import judge, reasons
+from fineflow.tasks.quality import Verdict, judge, reasons
+from fineflow.tasks.sandbox import Sandbox, worker_count
 
 # 2: words and sentences counted as FineWeb does (tasks/words.py); 3: its URL rule
 # leaves private and loopback IPs out, as spaCy's does
@@ -41,6 +46,11 @@ DOCS = "docs.parquet"
 DROPPED = "dropped.parquet"
 SAMPLE_CHARS = 500
 ROW_GROUP = 1000
+# A WARC of fewer documents is judged in-process: ~6 s of filtering on one core, well
+# over what a filter process costs to start (it imports the filters and loads lid.176)
+POOL_MIN_DOCS = 400
+POOL_BATCH = 64  # documents per call to a filter process: the pipe's cost stays small
+_NO_TIMEOUT_S = 1e6  # the filters have no per-document timeout (they are linear-time)
 
 log = logging.getLogger("fineflow.filter")
 
@@ -65,6 +75,26 @@ def count_keys(cfg: FilterConfig) -> list[str]:
     ]
 
 
+def judge_texts(texts: list[str], cfg: FilterConfig) -> list[Verdict]:
+    """quality.judge over a batch of texts: what a filter worker runs."""
+    return [judge(text, cfg) for text in texts]
+
+
+def verdicts(
+    batches: Iterable[list[str]], cfg: FilterConfig, workers: int
+) -> Iterator[list[Verdict]]:
+    """judge_texts of each batch, in order: in this process, or on `workers` processes
+    (tasks/sandbox.py, which hands results back in input order)."""
+    if workers <= 1:
+        yield from (judge_texts(texts, cfg) for texts in batches)
+        return
+    with Sandbox(judge_texts, workers, _NO_TIMEOUT_S) as pool:
+        for status, value in pool.map((texts, cfg) for texts in batches):
+            if status != "ok":  # the filters raising is a bug, not data: fail the WARC
+                raise RuntimeError(f"a filter worker failed ({status}): {value}")
+            yield value
+
+
 def judge_docs(
     docs: Path, out: Path, dropped: Path, cfg: FilterConfig
 ) -> tuple[dict[str, int], int]:
@@ -74,11 +104,23 @@ def judge_docs(
     samples: dict[str, list[dict]] = defaultdict(list)
     chars = 0
     batch: list[dict] = []
+    source = pq.ParquetFile(docs)
+    n_docs = source.metadata.num_rows
+    workers = worker_count(cfg.workers) if n_docs >= POOL_MIN_DOCS else 1
+    if workers > 1:
+        log.info("%s: judging %d documents in %d processes", docs.parent.name, n_docs, workers)
+    pending: deque[list[dict]] = deque()  # rows whose texts are being judged, in order
+
+    def texts() -> Iterator[list[str]]:
+        for rb in source.iter_batches(batch_size=POOL_BATCH):
+            rows = rb.to_pylist()
+            pending.append(rows)
+            yield [row["text"] for row in rows]
+
     with pq.ParquetWriter(out, FILTERED_SCHEMA) as writer:
-        for rb in pq.ParquetFile(docs).iter_batches(batch_size=ROW_GROUP):
-            for row in rb.to_pylist():
+        for judged in verdicts(texts(), cfg, workers):
+            for row, v in zip(pending.popleft(), judged, strict=True):
                 counts["total"] += 1
-                v = judge(row["text"], cfg)
                 if v.reason is not None:
                     counts[f"dropped_{v.reason}"] += 1
                     if len(samples[v.reason]) < cfg.dropped_samples:

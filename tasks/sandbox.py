@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import resource
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection, wait
@@ -31,6 +32,21 @@ from typing import Any, Literal
 
 Status = Literal["ok", "error", "timeout", "crash"]
 _START_TIMEOUT_S = 300  # a cold start imports trafilatura (and its caller's module)
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on: its affinity mask, which taskset, cpusets and
+    container limits narrow (os.cpu_count() counts the machine's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS has no affinity mask
+        return os.cpu_count() or 1
+
+
+def worker_count(workers: int | None) -> int:
+    """A `workers` setting as a count: None (what the flow did not size) is every core
+    this process may use."""
+    return available_cores() if workers is None else workers
 
 
 def _serve(conn: Connection, fn: Callable[..., Any], memory_mb: int) -> None:
@@ -58,10 +74,15 @@ class _Worker:
         child.close()
         self.job: int | None = None
         self.deadline = 0.0
-        # The first start imports `fn`'s module; later ones fork from a server that has it.
+        self.name = fn.__qualname__
+
+    def ready(self) -> _Worker:
+        """Wait until the worker has imported `fn` (the first start in a process starts the
+        fork server, which imports `fn`'s module; later ones fork from it)."""
         if not self.conn.poll(_START_TIMEOUT_S) or self.conn.recv() != ("ready", None):
             self.stop(kill=True)
-            raise RuntimeError(f"sandbox worker for {fn.__qualname__} did not start")
+            raise RuntimeError(f"sandbox worker for {self.name} did not start")
+        return self
 
     def stop(self, kill: bool = False) -> None:
         if kill:
@@ -89,7 +110,14 @@ class Sandbox:
         self.restarts = 0
 
     def __enter__(self) -> Sandbox:
-        self.workers = [_Worker(self.ctx, self.fn, self.memory_mb) for _ in range(self.n)]
+        # Started together, then waited for: n workers start in the time of one
+        started = [_Worker(self.ctx, self.fn, self.memory_mb) for _ in range(self.n)]
+        try:
+            self.workers = [w.ready() for w in started]
+        except BaseException:
+            for w in started:
+                w.stop(kill=True)
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -99,7 +127,7 @@ class Sandbox:
 
     def _replace(self, i: int) -> None:
         self.workers[i].stop(kill=True)
-        self.workers[i] = _Worker(self.ctx, self.fn, self.memory_mb)
+        self.workers[i] = _Worker(self.ctx, self.fn, self.memory_mb).ready()
         self.restarts += 1
 
     def map(self, inputs: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Status, Any]]:

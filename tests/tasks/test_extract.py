@@ -195,6 +195,20 @@ def test_in_process_mode_gives_the_same_documents(tmp_path: Path, warc: tuple[Pa
     assert pq.read_table(a).equals(pq.read_table(b))
 
 
+def test_any_number_of_sandboxes_writes_the_same_bytes(
+    tmp_path: Path, warc: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(extract_mod, "ROW_GROUP", 2)
+    path, records = warc
+    results = {}
+    for workers in (1, 3, None):
+        out = tmp_path / f"{workers}.parquet"
+        cfg = CFG.model_copy(update={"workers": workers})
+        results[workers] = extract_docs(path, records, out, cfg), out.read_bytes()
+    assert results[1][0][0]["kept"] == 6
+    assert results[1] == results[3] == results[None]
+
+
 def test_task_on_upstream_manifests(tmp_path: Path) -> None:
     src = tmp_path / "t.warc.gz"
     build_warc(src, CAPTURES)

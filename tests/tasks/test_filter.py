@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fineflow.config import (
@@ -97,3 +98,67 @@ def test_filter_task_and_funnel_tables(tmp_path: Path) -> None:
     assert "| f.warc.gz | 8 | 7 | 7 | 6 | 5 | 3 |" in md
     assert "| **total** |" in md
     assert funnel_markdown(plain.path(Path(root), "corpus.duckdb")) == ""
+
+
+def _docs(path: Path) -> None:
+    """docs.parquet of 21 texts the filters keep and drop for several reasons."""
+    from fineflow.tasks.extract import DOCS_SCHEMA
+    from tests.helpers.warc_factory import ARTICLES, FOREIGN_ARTICLES
+
+    texts = ["\n".join([t, *ps]) for t, ps in ARTICLES] * 3
+    texts += ["\n".join([t, *ps]) for t, ps in FOREIGN_ARTICLES.values()]
+    texts += [ARTICLES[0][1][0] + " Mail bob@corp.com now.", "Too short.", "x\n" * 50]
+    texts += ["{ curly } lorem ipsum dolor sit amet " * 20] + ["Buy. Now."] * 3
+    rows = [
+        {"id": f"id{i}", "url": f"https://d{i}.example/", "host": f"d{i}.example",
+         "warc": "w.warc.gz", "date": "2024-03-01", "text": t, "length": len(t)}
+        for i, t in enumerate(texts)
+    ]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows, schema=DOCS_SCHEMA), path)
+
+
+def test_any_number_of_filter_processes_writes_the_same_bytes(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    import logging
+
+    import fineflow.tasks.filter as filter_mod
+    from fineflow.tasks.filter import judge_docs
+
+    monkeypatch.setattr(filter_mod, "POOL_MIN_DOCS", 10)
+    monkeypatch.setattr(filter_mod, "POOL_BATCH", 5)
+    monkeypatch.setattr(filter_mod, "ROW_GROUP", 4)
+    _docs(tmp_path / "docs.parquet")
+    outs = {}
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}"
+        out.mkdir()
+        cfg = FilterConfig(workers=workers, dropped_samples=2)
+        with caplog.at_level(logging.INFO, logger="fineflow.filter"):
+            counts = judge_docs(
+                tmp_path / "docs.parquet", out / "docs.parquet", out / "dropped.parquet", cfg
+            )
+        outs[workers] = (
+            counts,
+            (out / "docs.parquet").read_bytes(),
+            (out / "dropped.parquet").read_bytes(),
+        )
+    assert "in 3 processes" in caplog.text  # the pool really ran
+    assert outs[1][0][0]["kept"] > 4 and outs[1][0][0]["total"] == 21
+    assert outs[1] == outs[3]
+
+
+def test_a_small_warc_is_judged_in_process(tmp_path: Path, caplog) -> None:
+    import logging
+
+    from fineflow.tasks.filter import judge_docs
+
+    _docs(tmp_path / "docs.parquet")  # 21 documents, under POOL_MIN_DOCS
+    with caplog.at_level(logging.INFO, logger="fineflow.filter"):
+        judge_docs(
+            tmp_path / "docs.parquet",
+            tmp_path / "out.parquet",
+            tmp_path / "dropped.parquet",
+            FilterConfig(workers=2),
+        )
+    assert "processes" not in caplog.text
