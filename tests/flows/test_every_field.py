@@ -50,26 +50,26 @@ def leaves(model: type[BaseModel], value: BaseModel, prefix: str = "") -> list[t
 def candidates(path: str, field: Any, current: Any, tmp: Path, warcs: list[str]) -> list[Any]:
     """Other values for the leaf, most likely valid first (the config validates them)."""
     special = {
-        "sources.warcs": [warcs[:2]],
-        "url_filter.blocklist": [_file(tmp, "domains", "example.com\nsome-blocked-host.org\n")],
-        "url_filter.banned_words_file": [_file(tmp, "banned", "interpreter\n")],
-        "url_filter.soft_banned_words_file": [_file(tmp, "soft", "python\ndocs\n")],
-        "url_filter.banned_subwords_file": [_file(tmp, "subwords", "library\n")],
-        "url_filter.categories": [["adult", "gambling"]],
-        "filter.language.languages": [["en", "de"]],
-        "evaluate.prompts": [[*current, "Once"]],
-        "dedup.memory_limit": ["1GB"],
-        "train.device": ["cpu"],
-        "train.compile": [False],
-        "train.batch_tokens": [128],  # = batch_size 4 x block_size 32: one micro-batch
-        "train.threads": [1],
-        "train.nproc": [1],
-        "dedup.threads": [1],
-        "tokenizer.max_docs": [5],
-        "evaluate.top_p": [0.9],
+        "sources.warcs": lambda: [warcs[:2]],
+        "url_filter.blocklist": lambda: [_file(tmp, "domains", "example.com\nblocked.org\n")],
+        "url_filter.banned_words_file": lambda: [_file(tmp, "banned", "interpreter\n")],
+        "url_filter.soft_banned_words_file": lambda: [_file(tmp, "soft", "python\ndocs\n")],
+        "url_filter.banned_subwords_file": lambda: [_file(tmp, "subwords", "library\n")],
+        "url_filter.categories": lambda: [["adult", "gambling"]],
+        "filter.language.languages": lambda: [["en", "de"]],
+        "evaluate.prompts": lambda: [[*current, "Once"]],
+        "dedup.memory_limit": lambda: ["1GB"],
+        "train.device": lambda: ["cpu"],
+        "train.compile": lambda: [False],
+        "train.batch_tokens": lambda: [128],  # = batch_size 4 x block_size 32: one micro-batch
+        "train.threads": lambda: [1],
+        "train.nproc": lambda: [1],
+        "dedup.threads": lambda: [1],
+        "tokenizer.max_docs": lambda: [5],
+        "evaluate.top_p": lambda: [0.9],
     }
     if path in special:
-        return special[path]
+        return special[path]()
     ann = field.annotation
     if isinstance(current, bool):
         return [not current]
