@@ -121,3 +121,24 @@ def test_cli_sample_without_a_trained_model_says_what_to_do(ran, tmp_path, capsy
     assert main(["export", str(tmp_path / "x"), "--model", str(tmp_path)]) == 2
     assert "not a train artifact directory: no model.pt, config.json" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_temporary_server_answers_and_stops() -> None:
+    import httpx
+
+    from fineflow.cli import TemporaryServer
+
+    server = TemporaryServer()  # launched at once; `wait_ready` is where a run waits
+    try:
+        server.wait_ready()
+        assert httpx.get(f"{server.api_url}/health").status_code == 200
+    finally:
+        server.stop()
+    assert server.process.poll() is not None
+
+
+def test_a_configured_api_starts_no_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fineflow.cli import start_server
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    assert start_server() is None
