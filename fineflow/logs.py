@@ -10,7 +10,10 @@ environment, log the same way:
   included, from every process of the run (appended line by line);
 - the terminal's handler prints records without their tracebacks (`--debug` keeps
   them): a failed task is one line there, and the CLI's closing block says what to do;
-- `fineflow.*` loggers log INFO to the file, and WARNING and up to the terminal.
+- `fineflow.*` loggers log INFO to the file, and WARNING and up to the terminal;
+- progress lines (fineflow.progress.tell: training steps, extraction rates) reach the
+  terminal through Prefect's run logger, unless `--quiet` (FINEFLOW_QUIET) keeps them
+  to the UI and the file.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import os
 import time
 from pathlib import Path
 
+from fineflow.progress import PROGRESS_FLAG
 from fineflow.storage import layout
 
 DEBUG_ENV = "FINEFLOW_DEBUG"
+QUIET_ENV = "FINEFLOW_QUIET"
 
 
 def prefect_default_config() -> Path:
@@ -33,7 +38,7 @@ def prefect_default_config() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "logging" / "logging.yml"
 
 
-def setup(root: Path, debug: bool = False) -> Path:
+def setup(root: Path, debug: bool = False, quiet: bool = False) -> Path:
     """Route this run's logs (see the module doc); returns the log file's path."""
     import yaml
 
@@ -66,6 +71,7 @@ def setup(root: Path, debug: bool = False) -> Path:
     for var in ("PREFECT_LOGGING_CONFIG_PATH", "PREFECT_LOGGING_SETTINGS_PATH"):  # new, old name
         os.environ[var] = str(settings)
     os.environ[DEBUG_ENV] = "1" if debug else ""
+    os.environ[QUIET_ENV] = "1" if quiet else ""  # the process-pool workers inherit it
     return log_file
 
 
@@ -96,9 +102,12 @@ def console_formatter(**kwargs: str) -> logging.Formatter:
 
 
 class QuietFilter(logging.Filter):
-    """The terminal shows fineflow's own loggers from WARNING up (the file has them all)."""
+    """The terminal shows fineflow's own loggers from WARNING up (the file has them all),
+    and progress lines unless FINEFLOW_QUIET is set."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, PROGRESS_FLAG, False) and os.environ.get(QUIET_ENV):
+            return False
         if record.name.startswith("fineflow") and record.levelno < logging.WARNING:
             return bool(os.environ.get(DEBUG_ENV))
         return True

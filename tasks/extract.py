@@ -52,6 +52,9 @@ skipped_{too_large,error,timeout,crash,missing}, and (kept or not) decoded_lossy
 decoded_detected (the charset detected, not declared or wrongly declared) and
 flattened_nesting (parsed again with deep nesting cut).
 Stats: chars (characters of text kept).
+
+Progress: every 10 s a WARC in extraction says pages done and pages/s, and each ends
+with one line (fineflow.progress: the terminal and the task's log in the UI).
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ from prefect import task
 from trafilatura.utils import load_html
 
 from fineflow.config import ExtractConfig
+from fineflow.progress import Ticker
 from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
 from fineflow.tasks.sandbox import Sandbox, worker_count
 from fineflow.tasks.warc import WarcRecord, read_records_at
@@ -87,6 +91,7 @@ STAGE_VERSION = 5  # 3: table text kept; 4: records after a bad one in a gzip me
 log = logging.getLogger("fineflow.extract")
 
 ROW_GROUP = 1000
+PROGRESS_EVERY_S = 10.0  # a WARC's pages/s line in the terminal at most this often
 DOCS_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -402,6 +407,10 @@ def judge_text(
     return text
 
 
+def _rate(done: int, total: int, seconds: float) -> str:
+    return f"{done}/{total} pages in {seconds:.1f}s, {done / max(seconds, 1e-9):.1f} pages/s"
+
+
 class _InProcess:
     """The sandbox's interface without processes: workers = 0."""
 
@@ -461,11 +470,15 @@ def extract_docs(
         pool = Sandbox(extractor, workers, timeout, cfg.worker_memory_mb)
     else:
         pool = _InProcess(extractor)
-    chars = 0
+    chars = done = 0
     batch: list[dict] = []
+    ticker = Ticker(log, every_s=PROGRESS_EVERY_S)
     with pq.ParquetWriter(out, DOCS_SCHEMA) as writer, pool:
         for status, value in pool.map(jobs()):
             rec, row = pending.popleft()
+            done += 1
+            if ticker.due():
+                ticker.say(f"extract {warc_name}: {_rate(done, len(wanted), ticker.elapsed)}")
             text = judge_text(status, value, rec.target_uri, cfg, counts)
             if text is None:
                 continue
@@ -489,6 +502,11 @@ def extract_docs(
     counts["skipped_missing"] = len(wanted) - found
     if counts["skipped_missing"]:
         log.warning("%s: %d kept records not found in the WARC", warc_name, len(wanted) - found)
+    ticker.say(
+        f"extract {warc_name}: {counts['kept']} of {len(wanted)} pages kept, "
+        f"{_rate(len(wanted), len(wanted), ticker.elapsed)}",
+        force=True,
+    )
     return {k: counts[k] for k in COUNT_KEYS}, chars
 
 

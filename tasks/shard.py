@@ -10,6 +10,9 @@ depends on nothing but the id; with two or more documents each split gets at lea
 and a corpus of one document is refused (a split without data would only fail at
 evaluation, after training).
 
+Progress: every 4 s the MB encoded and MB/s, and one closing line with the token counts
+(fineflow.progress: the terminal and the task's log in the UI).
+
 Shard layout (llm.c): header of 256 little-endian int32 = [20240520, version, n_tokens,
 0, ...], then n_tokens tokens: version 1 = uint16 (vocab <= 65536), version 2 = uint32.
 """
@@ -29,6 +32,7 @@ from prefect import task
 from tokenizers import Tokenizer
 
 from fineflow.config import ShardConfig
+from fineflow.progress import Ticker
 from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
 from fineflow.storage.shards import DTYPES, shard_version, write_shard
 from fineflow.tasks.dedup import CORPUS_DB, iter_kept_ids, iter_kept_texts
@@ -153,6 +157,11 @@ def pick_encoder(tokenizer: Tokenizer, sample: list[str]) -> tuple[Encoder, str]
     return fast, "tiktoken"
 
 
+def _speed(n_bytes: int, seconds: float) -> str:
+    mb = n_bytes / 1e6
+    return f"{mb:.1f} MB of text encoded in {seconds:.1f}s, {mb / max(seconds, 1e-9):.2f} MB/s"
+
+
 def shard_corpus(
     db_path: Path, tokenizer_path: Path, path_for: Callable[[str], Path], cfg: ShardConfig
 ) -> tuple[dict[str, int], dict[str, float | int | str]]:
@@ -171,7 +180,10 @@ def shard_corpus(
     train = ShardStream(path_for, "train", cfg.shard_tokens, vocab_size)
     val = ShardStream(path_for, "val", cfg.shard_tokens, vocab_size)
     t0, n_bytes = time.perf_counter(), 0
+    ticker = Ticker(log)
     for batch in chain([first], batches):
+        if ticker.due():
+            ticker.say(f"shard: {_speed(n_bytes, ticker.elapsed)}")
         in_val = [split.is_val(doc_id) for doc_id, _ in batch]
         for stream, want_val in ((train, False), (val, True)):
             texts = [text for (_, text), v in zip(batch, in_val, strict=True) if v == want_val]
@@ -188,14 +200,10 @@ def shard_corpus(
             " see the funnel table of corpus.duckdb)"
         )
     dt = time.perf_counter() - t0
-    log.info(
-        "shard: %d train + %d val tokens from %.1f MB of text in %.1fs (%.2f MB/s, %s)",
-        train.tokens,
-        val.tokens,
-        n_bytes / 1e6,
-        dt,
-        n_bytes / 1e6 / max(dt, 1e-9),
-        encoder,
+    ticker.say(
+        f"shard: {train.tokens:,} train + {val.tokens:,} val tokens, "
+        f"{_speed(n_bytes, dt)} ({encoder})",
+        force=True,
     )
     counts = {
         "train_tokens": train.tokens,

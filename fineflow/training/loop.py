@@ -9,7 +9,9 @@ from a checkpoint ends bitwise equal to an uninterrupted one. Each log line (eve
 log_every steps, and steps 1 and last) costs the only host-device sync: the mean
 loss since the previous one, lr, grad norm, tokens/s and MFU (fineflow.devices).
 A resumed run says so where the user looks (`announce`): "train: resumed from step 15
-of 60".
+of 60"; so does a step line every few seconds, the first and the last (step, loss,
+lr, tokens/s, seconds left: fineflow.progress.Ticker), while every log line goes to
+the log file.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 from fineflow.config import TrainConfig
 from fineflow.devices import device_name, device_peak_flops, mfu
 from fineflow.model import GPT
-from fineflow.progress import Progress
+from fineflow.progress import Progress, Ticker, tell
 from fineflow.training.checkpoint import (
     TrainState,
     UnreadableCheckpoint,
@@ -44,20 +46,9 @@ log = logging.getLogger("fineflow.train")
 
 
 def announce(message: str, dist: Dist = SINGLE_PROCESS) -> None:
-    """A line for the user, not only for the log file: the terminal of `fineflow run`
-    shows fineflow's own loggers from WARNING up only (fineflow.logs), so inside a task
-    run it goes through Prefect's run logger (the terminal and the UI's task log). Under
-    torchrun, where rank 0 has no task run, it goes to stderr, the launching terminal's."""
-    try:
-        from prefect.context import TaskRunContext
-    except ImportError:  # the trainer alone, on a bare GPU box
-        TaskRunContext = None  # noqa: N806
-    if TaskRunContext is not None and TaskRunContext.get() is not None:
-        from prefect.logging import get_run_logger
-
-        get_run_logger().info(message)
-        return
-    log.info(message)
+    """A line for the user (fineflow.progress.tell: the terminal and the UI's task log).
+    Under torchrun, where rank 0 has no task run, also on stderr, the launching terminal's."""
+    tell(message, log)
     if dist.world > 1:
         print(message, file=sys.stderr, flush=True)
 
@@ -156,6 +147,7 @@ def log_interval(
     cfg: TrainConfig,
     dist: Dist,
     info: dict[str, Any],
+    ticker: Ticker | None = None,
 ) -> None:
     """Close a log interval: its mean loss into the history, a row of LOG_COLUMNS, a log line."""
     loss_sum = state.loss_sum
@@ -172,17 +164,26 @@ def log_interval(
     tok_s = clock.steps * info["tokens_per_step"] / (now - clock.start)
     util = mfu(tok_s, info["flops_per_token"], info["peak_flops"], dist.world)
     state.log_rows.append((state.step, mean, lr, float(grad_norm), tok_s, util, state.elapsed_s))
-    log.info(
-        "step %d/%d  loss %.4f  lr %.2e  grad norm %.2f  %.0f tok/s%s",
-        state.step,
-        cfg.steps,
-        mean,
-        lr,
-        float(grad_norm),
-        tok_s,
-        "" if util is None else f"  MFU {100 * util:.1f}%",
+    line = (
+        f"train: step {state.step}/{cfg.steps}  loss {mean:.4f}  lr {lr:.2e}  "
+        f"grad norm {float(grad_norm):.2f}  {tok_s:,.0f} tok/s"
+        + ("" if util is None else f"  MFU {100 * util:.1f}%")
+        + f"  {eta_s(state, cfg):.0f}s left"
     )
+    # the terminal and the UI every few seconds (and at the first and last step); the
+    # log file every log interval
+    if ticker is not None and (state.step in (1, cfg.steps) or ticker.due()):
+        ticker.say(line, force=True)
+        if dist.world > 1:
+            print(line, file=sys.stderr, flush=True)
+    else:
+        log.info(line)
     clock.start, clock.steps = now, 0
+
+
+def eta_s(state: TrainState, cfg: TrainConfig) -> float:
+    """Seconds left at the pace so far (elapsed_s spans a resumed run's earlier processes)."""
+    return (cfg.steps - state.step) * state.elapsed_s / max(1, state.step)
 
 
 @dataclass
@@ -243,6 +244,7 @@ def train(
     model.train()
     loader = Prefetcher(sampler, state.step, accum, device, dist)
     clock = LogClock()
+    ticker = Ticker(log) if dist.main else None
     try:
         while state.step < cfg.steps:
             lr = lr_at(state.step, cfg)
@@ -268,7 +270,7 @@ def train(
                 progress.update(state.step, cfg.steps)
 
             if state.step % cfg.log_every == 0 or state.step in (1, cfg.steps):
-                log_interval(state, clock, lr, grad_norm, cfg, dist, info)
+                log_interval(state, clock, lr, grad_norm, cfg, dist, info, ticker)
             if stop_at is not None and state.step >= stop_at:
                 break
             if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
