@@ -6,6 +6,7 @@
     fineflow verify [--repair]     rehash every artifact; name (or remove) the damaged ones
     fineflow sample [PROMPT ...] [...]   continue prompts with the model the config trained
     fineflow export OUT_DIR [...]  that model as a Hugging Face transformers directory
+    fineflow report [--open] [...] the path of the config's run report (report.html)
 
 Exit status of run/rerun: 0 every WARC made it; 3 the run finished but some WARCs
 failed and were left out (named at the end); 1 the run failed; 2 a bad config or
@@ -244,6 +245,8 @@ def print_summary(result, cfg: PipelineConfig, seconds: float) -> None:
             '\nsample it: fineflow sample "your prompt"; export it: fineflow export <dir> '
             "(with this run's options)"
         )
+    if (report := result.outputs.get("report")) is not None:
+        print(f"the run, step by step: {(root / report.dir / 'report.html').as_uri()}")
 
 
 def use_model(args: argparse.Namespace, cfg: PipelineConfig) -> int:
@@ -280,7 +283,7 @@ def use_model(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fineflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "rerun", "status", "verify", "sample", "export"):
+    for name in ("run", "rerun", "status", "verify", "sample", "export", "report"):
         p = sub.add_parser(name)
         if name == "rerun":
             p.add_argument("stage", choices=STAGES, help="stage whose cache is refreshed")
@@ -297,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--stop-after", choices=STAGES)
         if name in ("run", "rerun"):
             p.add_argument("--debug", action="store_true", help="tracebacks in the terminal too")
+            p.add_argument("--quiet", action="store_true", help="no progress lines in the terminal")
+        if name == "report":
+            p.add_argument("--open", action="store_true", help="open it in a web browser")
         if name == "verify":
             p.add_argument("--repair", action="store_true", help="remove damaged artifacts")
         if name == "status":
@@ -317,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _quiet_prefect()
     if args.command in ("run", "rerun"):
-        return run(cfg, debug=args.debug)
+        return run(cfg, debug=args.debug, quiet=args.quiet)
     if args.command == "verify":
         return verify(cfg, args.repair)
     if args.command == "status":
@@ -327,7 +333,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command in ("sample", "export"):
         return use_model(args, cfg)
+    if args.command == "report":
+        return show_report(cfg, args.open)
     raise AssertionError(args.command)
+
+
+def show_report(cfg: PipelineConfig, open_it: bool) -> int:
+    """Print the path of the config's report.html (found as `sample` finds the model);
+    with --open, also hand it to a web browser."""
+    from fineflow.sample import ModelDirError, stage_output
+
+    try:
+        report = stage_output(cfg, "report", "run report").path(cfg.data_root, "report.html")
+    except ModelDirError as err:
+        print(f"fineflow report: {err}", file=sys.stderr)
+        return 2
+    print(report)
+    if open_it:
+        import webbrowser
+
+        if not webbrowser.open(report.as_uri()):
+            print(f"fineflow report: no web browser found; open {report.as_uri()}", file=sys.stderr)
+    return 0
 
 
 def verify(cfg: PipelineConfig, repair: bool) -> int:
@@ -349,11 +376,12 @@ def verify(cfg: PipelineConfig, repair: bool) -> int:
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
-def run(cfg: PipelineConfig, debug: bool = False) -> int:
-    """Run the pipeline; print the summary, or one block saying what failed and what to do."""
+def run(cfg: PipelineConfig, debug: bool = False, quiet: bool = False) -> int:
+    """Run the pipeline; print the summary, or one block saying what failed and what to do.
+    quiet: no progress lines (training steps, pages/s) in the terminal."""
     from fineflow import logs
 
-    log_file = logs.setup(cfg.data_root, debug=debug)  # before Prefect is imported
+    log_file = logs.setup(cfg.data_root, debug=debug, quiet=quiet)  # before Prefect is imported
     start = time.monotonic()
     server = start_server()  # starts while this process imports Prefect
     try:

@@ -42,6 +42,7 @@ StageName = Literal[
     "shard",
     "train",
     "evaluate",
+    "report",
 ]
 STAGES: tuple[str, ...] = get_args(StageName)
 
@@ -398,6 +399,20 @@ class EvaluateConfig(_Config):
     max_val_tokens: int | None = Field(default=None, ge=1, description="cap on evaluated tokens")
 
 
+class ReportConfig(_Config):
+    """The run report (tasks/report.py): how much of each step it shows."""
+
+    pages: int = Field(default=3, ge=1, description="pages shown as raw HTML beside their text")
+    dropped_per_reason: int = Field(default=1, ge=0, description="dropped pages shown per reason")
+    steps: int = Field(default=6, ge=1, description="generation steps shown per prompt")
+    top: int = Field(default=10, ge=1, description="bars per next-token distribution")
+    language_chars: int = Field(
+        default=2_000_000,
+        ge=1000,
+        description="characters per language encoded for its bytes per token",
+    )
+
+
 class PipelineConfig(_Config):
     """Everything one run needs. Defaults: the bundled sample on a CPU."""
 
@@ -422,6 +437,7 @@ class PipelineConfig(_Config):
     shard: ShardConfig = ShardConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    report: ReportConfig = ReportConfig()
     workers: int = runtime(default=2, ge=1, description="processes for the per-WARC stages")
     dask_address: str | None = runtime(
         default=None,

@@ -244,8 +244,12 @@ class GPT(nn.Module):
         top_p: float | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        trace: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """idx (B, T) followed by max_new_tokens sampled tokens; temperature 0 is greedy.
+
+        trace: a list that receives each step's next-token logits (B, vocab_size), the
+        ones the token was sampled from (the run report draws them).
 
         Uncached, every step runs the last block_size tokens. Cached, the prompt (its
         last block_size tokens) is prefilled once, then each step feeds one token.
@@ -267,6 +271,8 @@ class GPT(nn.Module):
             else:
                 logits, _ = self(idx[:, -1:], cache=cache)
             last = logits[:, -1, : self.vocab_size]  # padding rows are never sampled
+            if trace is not None:
+                trace.append(last.float())
             next_id = sample_next(last, temperature, top_k, top_p, generator)
             idx = torch.cat((idx, next_id), dim=1)
         return idx
@@ -286,16 +292,14 @@ class GPT(nn.Module):
         return 6 * matmul_weights + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
 
-def sample_next(
+def next_token_probs(
     logits: torch.Tensor,
     temperature: float,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """One token id per row of logits (B, V) -> (B, 1)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
+    """The distribution (B, V) that `sample_next` draws from: logits (B, V) divided by the
+    temperature, cut to the top_k tokens and then to the top_p nucleus, softmaxed."""
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
@@ -307,5 +311,18 @@ def sample_next(
         # first token is always kept.
         drop = probs.cumsum(dim=-1) - probs > top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(dim=-1)
+    return logits.softmax(dim=-1)
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token id per row of logits (B, V) -> (B, 1); temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = next_token_probs(logits, temperature, top_k, top_p)
     return torch.multinomial(probs, 1, generator=generator)

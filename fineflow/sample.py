@@ -1,7 +1,8 @@
-"""`fineflow sample` and `fineflow export`: use the model that a configuration trained.
+"""`fineflow sample`, `export` and `report`: use what a configuration's run made.
 
     fineflow sample "The database" "SELECT" [--set evaluate.temperature=0.7 ...]
     fineflow export out/my-model [--preset gpu-124m ...]
+    fineflow report [--open]
 
 The model is the train stage's artifact for the configuration, found as `fineflow status`
 finds it (the cache keys of that configuration; nothing runs, nothing is trained), or a
@@ -11,12 +12,13 @@ tokenizer.json). Sampling takes its settings from the configuration's `evaluate`
 works here as in a run; the prompts given on the command line replace evaluate.prompts.
 It samples exactly as the evaluate stage does (tasks/evaluate.py: `<|endoftext|>` first,
 KV cache, cut at the next `<|endoftext|>`), so the config's own prompts and seed give the
-report's samples.
+report's samples. `fineflow report` finds the run report (report.html) the same way.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fineflow.config import EvaluateConfig, PipelineConfig
 from fineflow.export import ModelDirError
@@ -24,22 +26,30 @@ from fineflow.export import ModelDirError
 TRAIN_FILES = ("model.pt", "config.json", "tokenizer.json")
 
 
-def trained_model_dir(cfg: PipelineConfig) -> Path:
-    """The local directory of the train artifact `cfg` made (downloaded if only remote)."""
+def stage_output(cfg: PipelineConfig, stage: str, what: str = "", hint: str = "") -> Any:
+    """The manifest of the `stage` artifact `cfg` made, from the cache as `fineflow status`
+    finds it (nothing runs); fetched from remote_root if only there. ModelDirError if the
+    cache does not hold it."""
     from fineflow.status import CACHED, RESTORES, pipeline_status
     from fineflow.storage.remote import Remote
 
-    lookup = cfg.model_copy(update={"stop_after": "train", "force": []})
-    train = {s.stage: s for s in pipeline_status(lookup)}.get("train")
-    if train is None or train.output is None or train.summary not in (CACHED, RESTORES):
-        state = train.summary if train is not None else "not reached"
+    lookup = cfg.model_copy(update={"stop_after": stage, "force": []})
+    found = {s.stage: s for s in pipeline_status(lookup)}.get(stage)
+    if found is None or found.output is None or found.summary not in (CACHED, RESTORES):
+        state = found.summary if found is not None else "not reached"
         raise ModelDirError(
-            f"no trained model for this configuration in {cfg.data_root} (train: {state}); "
-            "run `fineflow run` with the same options first, or give --model data/train/<key>"
+            f"no {what or stage + ' output'} for this configuration in {cfg.data_root} "
+            f"({stage}: {state}); run `fineflow run` with the same options first{hint}"
         )
     if cfg.remote_root is not None:
-        Remote(cfg.remote_root).localize(cfg.data_root, [train.output])
-    return train.output.path(cfg.data_root, "model.pt").parent
+        Remote(cfg.remote_root).localize(cfg.data_root, [found.output])
+    return found.output
+
+
+def trained_model_dir(cfg: PipelineConfig) -> Path:
+    """The local directory of the train artifact `cfg` made (downloaded if only remote)."""
+    train = stage_output(cfg, "train", "trained model", ", or give --model data/train/<key>")
+    return train.path(cfg.data_root, "model.pt").parent
 
 
 def check_model_dir(path: Path) -> Path:

@@ -133,11 +133,11 @@ def pipeline_status(cfg: PipelineConfig) -> list[StageStatus]:
         out.append(StageStatus(stage.name, tuple(states), f"{len(sources)} WARCs", why=said))
 
     m: dict[str, Any] = {}
+    columns = {s.name: [c.get(s.name) for c in chains] for s in PER_WARC}
     if any(v is None for c in chains for v in c.values()):
         m["dedup"] = None
         out.append(StageStatus("dedup", (UNKNOWN,), "a per-WARC stage will run first"))
     else:
-        columns = {s.name: [c[s.name] for c in chains] for s in PER_WARC}
         dedup = BY_NAME["dedup"]
         args = dedup.args(cfg, {}, columns=columns, sources=sources)
         state, m["dedup"] = lookup(dedup.task, cfg, "dedup", *args)
@@ -150,7 +150,7 @@ def pipeline_status(cfg: PipelineConfig) -> list[StageStatus]:
             m[stage.name] = None
             out.append(StageStatus(stage.name, (UNKNOWN,), "an upstream stage will run first"))
             continue
-        args = stage.args(cfg, m)
+        args = stage.args(cfg, m, columns=columns)  # the report reads every WARC's outputs
         state, got = lookup(stage.task, cfg, stage.name, *args)
         m[stage.name] = got
         said = why_runs(stage.task, cfg, state, *args)

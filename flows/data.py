@@ -13,7 +13,7 @@ the run instead; fewer good WARCs than `sources.min_good_warcs` always does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow, unmapped
@@ -36,6 +36,8 @@ class CorpusResult:
     lines: list[StageLine]
     failures: tuple[WarcFailure, ...] = ()  # WARCs left out, with the stage and the reason
     warcs: int = 0  # WARCs the run was given
+    # per-WARC stage -> its manifests of the WARCs that made it (what the report reads)
+    columns: dict[str, list[Manifest]] = field(default_factory=dict, repr=False)
 
 
 class RunFailed(FineflowError):
@@ -78,7 +80,7 @@ def build_corpus(cfg: PipelineConfig) -> CorpusResult:
     dedup = BY_NAME["dedup"]
     args = dedup.args(cfg, {}, columns=kept, sources=[sources[i] for i in good])
     corpus = clock.finish("dedup", [staged(dedup.task, cfg, "dedup").submit(root, *args)])[0]
-    return CorpusResult(corpus, clock.lines, failures, len(sources))
+    return CorpusResult(corpus, clock.lines, failures, len(sources), kept)
 
 
 def sized(cfg: PipelineConfig, warcs: int) -> PipelineConfig:

@@ -14,8 +14,9 @@ from prefect import flow
 from prefect.task_runners import ProcessPoolTaskRunner
 
 from fineflow.config import PipelineConfig
-from fineflow.flows.data import CorpusResult, build_corpus
-from fineflow.flows.summary import StageLine, WarcFailure, publish_run_artifacts
+from fineflow.flows.data import CorpusResult, build_corpus, staged
+from fineflow.flows.stages import CORPUS, until
+from fineflow.flows.summary import StageClock, StageLine, WarcFailure, publish_run_artifacts
 from fineflow.flows.train import train_on_corpus
 from fineflow.storage.artifacts import Manifest
 from fineflow.storage.remote import Remote
@@ -60,12 +61,33 @@ def run_data(cfg: PipelineConfig) -> CorpusResult:
     return build_corpus.with_options(task_runner=data_task_runner(cfg))(cfg)
 
 
+def run_report(
+    cfg: PipelineConfig, outputs: dict[str, Manifest], columns: dict[str, list[Manifest]]
+) -> tuple[list[StageLine], dict[str, Manifest]]:
+    """The corpus stages after the model flow that read every WARC's outputs too (the run
+    report), in this flow: the model subflow's parameters stay one manifest, not a list
+    per WARC (a subflow's parameters are stored with its run)."""
+    clock, out = StageClock(cfg.data_root), dict(outputs)
+    root = str(cfg.data_root)
+    for stage in until(cfg.stop_after, CORPUS):
+        if stage.name in out or not stage.reads_warcs:
+            continue
+        future = staged(stage.task, cfg, stage.name).submit(
+            root, *stage.args(cfg, out, columns=columns)
+        )
+        out[stage.name] = clock.finish(stage.name, [future])[0]
+    return clock.lines, out
+
+
 def run_model(cfg: PipelineConfig, data: CorpusResult) -> PipelineResult:
-    """The model flow on `data`'s corpus (unless stop_after ends the run first); publishes."""
+    """The model flow on `data`'s corpus (unless stop_after ends the run first), then the
+    report; publishes."""
     lines, outputs = data.lines, {"dedup": data.corpus} if data.corpus else {}
     if data.corpus is not None and cfg.stop_after != "dedup":
         model = train_on_corpus(cfg, data.corpus)
         lines, outputs = lines + model.lines, {**outputs, **model.outputs}
+        report_lines, outputs = run_report(cfg, outputs, data.columns)
+        lines = lines + report_lines
     result = PipelineResult(lines, outputs, data.failures, data.warcs)
     if cfg.remote_root is not None:  # stages fetch lazily: bring what the run reports here
         Remote(cfg.remote_root).localize(cfg.data_root, result.outputs.values())

@@ -56,6 +56,11 @@ def _train(ms: list[Manifest]) -> str:
     )
 
 
+def _report(ms: list[Manifest]) -> str:
+    size = sum(f.bytes for f in ms[0].files if f.path == "report.html")
+    return f"report.html ({size / 1e3:,.0f} kB): the crawl to the next-token distribution"
+
+
 def _evaluate(ms: list[Manifest]) -> str:
     s = ms[0].stats
     return (
@@ -72,6 +77,11 @@ class Stage:
     figure: Callable[[list[Manifest]], str] = field(repr=False)
     per_warc: bool = False
     output: tuple[str, str] | None = None  # (file in the artifact, what it is) for the CLI
+
+    @property
+    def reads_warcs(self) -> bool:
+        """Whether the task takes every WARC's outputs (dedup, report), not one manifest each."""
+        return any(t.startswith("all:") or t in ("funnel", "sources") for t in self.takes)
 
     @property
     def task(self) -> Any:
@@ -132,7 +142,11 @@ STAGES: tuple[Stage, ...] = (
           output=("model.pt", "model weights")),
     Stage("evaluate", _T + "evaluate:evaluate_model",
           ("train", "shard", "tokenizer", "cfg.evaluate"), _evaluate,
-          output=("report.md", "report")),
+          output=("report.md", "evaluation")),
+    Stage("report", _T + "report:report_run",
+          ("all:download", "all:url_filter", "all:filter", "dedup", "tokenizer", "shard",
+           "train", "evaluate", "cfg.evaluate", "cfg.report"), _report,
+          output=("report.html", "run report")),
 )  # fmt: skip
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 PER_WARC: tuple[Stage, ...] = tuple(s for s in STAGES if s.per_warc)

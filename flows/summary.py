@@ -7,7 +7,9 @@ each stage's share of the wall clock, not CPU time).
 
 Artifacts (`publish_run_artifacts`, inside a flow run only): a table `fineflow-funnel`
 (per WARC: responses, then what each per-WARC stage kept, then what dedup kept; and a
-total row) and a markdown `fineflow-run-summary` (the stage lines and where the outputs are).
+total row: numbers only, so it fits a 1,600 px window), a table `fineflow-drop-reasons`
+(pages dropped per stage and reason) and a markdown `fineflow-run-summary` (the stage
+lines, a link to the run report, where the outputs are).
 """
 
 from __future__ import annotations
@@ -225,9 +227,35 @@ def funnel_rows(
         out.append(total)
     order = ["warc", "MB", "responses", *columns, "after dedup"]
     rows_out = [{k: r[k] for k in order if k in r} for r in out]
-    # a failed WARC: its row says where and why, in the place of its counts
-    rows_out += [{"warc": f.warc, "failed": f"{f.stage}: {f.reason}"} for f in failures]
+    # a failed WARC: its row says at which stage, in the place of its counts (why, in words,
+    # is in the run summary's table of failed WARCs: a long reason here widens every row)
+    rows_out += [{"warc": f.warc, "failed at": f.stage} for f in failures]
     return rows_out
+
+
+def drop_reason_rows(outputs: dict[str, Manifest], root: Path) -> list[dict[str, str | int]]:
+    """Per stage and drop reason, the pages it dropped over every WARC (corpus.duckdb's
+    funnel table): the funnel's "why", a table of its own so the funnel stays narrow."""
+    corpus = outputs.get("dedup")
+    if corpus is None:
+        return []
+    from fineflow.storage.catalog import connect
+
+    try:
+        with connect(corpus.path(Path(root), "corpus.duckdb"), read_only=True) as con:
+            rows = con.execute(
+                "SELECT stage, metric, sum(value) AS n FROM funnel "
+                "WHERE starts_with(metric, 'dropped_') "
+                "OR (stage = 'extract' AND starts_with(metric, 'skipped_')) "
+                "GROUP BY ALL HAVING n > 0 ORDER BY min(step), n DESC, metric"
+            ).fetchall()
+    except Exception as exc:  # the funnel is a view: a missing table must not fail a run
+        log.warning("no drop reasons table: %s", exc)
+        return []
+    return [
+        {"stage": stage, "reason": metric.split("_", 1)[1], "pages": int(n)}
+        for stage, metric, n in rows
+    ]
 
 
 def _dedup_kept_per_warc(lines: list[StageLine], root: Path) -> dict[str, int]:
@@ -265,6 +293,9 @@ def summary_markdown(
         f"| {ln.why.replace('|', '/')} |"
         for ln in lines
     ]
+    if (report := outputs.get("report")) is not None:
+        page = Path(root) / report.dir / "report.html"
+        md += ["", f"**The run, step by step**: [report.html]({page.as_uri()}) (`{page}`)"]
     if failures:
         md += ["", f"## {len(failures)} WARC(s) failed and were left out", ""]
         md += ["| WARC | stage | reason | what to do |", "|---|---|---|---|"]
@@ -298,10 +329,17 @@ def publish_run_artifacts(
     if FlowRunContext.get() is None:
         return
     rows = funnel_rows(lines, root, failures)
+    reasons = drop_reason_rows(outputs, root)
     try:
         if rows:
             create_table_artifact(
                 rows, key="fineflow-funnel", description="Documents kept per WARC, stage by stage"
+            )
+        if reasons:
+            create_table_artifact(
+                reasons,
+                key="fineflow-drop-reasons",
+                description="Why the funnel dropped what it dropped: pages per stage and reason",
             )
         create_markdown_artifact(
             summary_markdown(lines, outputs, root, failures),

@@ -33,7 +33,7 @@ def train_on_corpus(cfg: PipelineConfig, corpus: Manifest) -> ModelResult:
     clock = StageClock(cfg.data_root)
     out: dict[str, Manifest] = {"dedup": corpus}
     for stage in until(cfg.stop_after, CORPUS):
-        if stage.name == "dedup":
+        if stage.reads_warcs:  # dedup before, the report after: flows/pipeline.py
             continue
         future = staged(stage.task, cfg, stage.name).submit(root, *stage.args(cfg, out))
         out[stage.name] = clock.finish(stage.name, [future])[0]
