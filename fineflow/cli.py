@@ -47,10 +47,6 @@ class TemporaryServer:
     process never imports the server's modules (~2 s) only to start another process."""
 
     def __init__(self) -> None:
-        self.tries = 3  # another process may take the free port before the server binds it
-        self._launch()
-
-    def _launch(self) -> None:
         import importlib.util
         import socket
         import subprocess
@@ -59,7 +55,7 @@ class TemporaryServer:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.api_url = f"http://127.0.0.1:{self.port}/api"
-        self.tries -= 1
+        self.exported = False  # whether start_server put api_url into the environment
         prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent  # not imported
         env = {
             **os.environ,
@@ -81,9 +77,7 @@ class TemporaryServer:
         deadline = time.monotonic() + timeout_s
         with httpx.Client() as client:
             while time.monotonic() < deadline:
-                if self.process.poll() is not None and self.tries:
-                    self._launch()
-                elif self.process.poll() is not None:
+                if self.process.poll() is not None:
                     raise RuntimeError(
                         f"the temporary Prefect server exited with code {self.process.returncode}"
                     )
@@ -103,12 +97,36 @@ class TemporaryServer:
             except Exception:
                 self.process.kill()
                 self.process.wait()
+        if self.exported and os.environ.get("PREFECT_API_URL") == self.api_url:
+            del os.environ["PREFECT_API_URL"]
+            self.exported = False
+
+
+def _profile_api_url() -> str | None:
+    """PREFECT_API_URL of the active Prefect profile, read without importing Prefect."""
+    import tomllib
+
+    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
+    try:
+        profiles = tomllib.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    name = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
+    return profiles.get("profiles", {}).get(name, {}).get("PREFECT_API_URL")
 
 
 def start_server() -> TemporaryServer | None:
-    """A temporary server started now, unless PREFECT_API_URL names one in the environment
-    (a Prefect profile can name one too: `prefect_api` stops this one then)."""
-    return None if os.environ.get("PREFECT_API_URL") else TemporaryServer()
+    """A temporary server, started now, unless an API is configured (PREFECT_API_URL in
+    the environment or the active Prefect profile). Its URL goes into the environment
+    before Prefect is imported, so every thread and process of the run uses it: a
+    temporary setting alone leaves Prefect's background threads to start a server of
+    their own (Prefect reuses its own temporary server, but not this one)."""
+    if os.environ.get("PREFECT_API_URL") or _profile_api_url():
+        return None
+    server = TemporaryServer()
+    os.environ["PREFECT_API_URL"], server.exported = server.api_url, True
+    return server
 
 
 @contextlib.contextmanager
@@ -121,9 +139,7 @@ def prefect_api(server: TemporaryServer | None = None) -> Iterator[None]:
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    if PREFECT_API_URL.value():
-        if server is not None:
-            server.stop()
+    if server is None and PREFECT_API_URL.value():
         yield
         return
     from prefect.events.worker import EventsWorker

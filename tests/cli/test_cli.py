@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -137,8 +138,22 @@ def test_the_temporary_server_answers_and_stops() -> None:
     assert server.process.poll() is not None
 
 
-def test_a_configured_api_starts_no_server(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_configured_api_starts_no_server(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     from fineflow.cli import start_server
 
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
     assert start_server() is None
+    monkeypatch.delenv("PREFECT_API_URL")  # named by the active profile instead
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text('active = "ui"\n[profiles.ui]\nPREFECT_API_URL = "http://h:4200/api"\n')
+    monkeypatch.setenv("PREFECT_PROFILES_PATH", str(profiles))
+    monkeypatch.delenv("PREFECT_PROFILE", raising=False)
+    assert start_server() is None
+    profiles.write_text('active = "ui"\n[profiles.ui]\n')  # none named: one is started
+    server = start_server()
+    assert server is not None
+    try:  # every thread and process of the run finds it in the environment
+        assert os.environ["PREFECT_API_URL"] == server.api_url
+    finally:
+        server.stop()
+    assert "PREFECT_API_URL" not in os.environ
