@@ -32,8 +32,9 @@ page can be checked against the artifact it came from); tasks/report_page.py dra
    the same prompt's first distribution and sample from the network before training
    (GPT initialised with the train config's seed, as training starts).
 
-The page and report.json hold tokens/s and seconds, which differ between two runs of
-the same inputs; the manifest's fingerprint is a digest of report.json without them.
+The page also shows training's tokens/s and seconds (metrics.duckdb), which differ
+between two runs of the same inputs: report.json leaves them out, so it is the same bytes
+for the same inputs, and the manifest's fingerprint is a digest of what it holds.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ SAMPLE_CHARS = 300  # characters of a dropped or duplicate page shown
 WINDOW_SHOWN = 12  # positions of the training window drawn
 LONGEST_TOKENS = 12
 CURVE_POINTS = 400  # the learning-rate curve is drawn from at most this many steps
-TIMINGS = "speed"  # the report.json key that holds timings (not in the fingerprint)
+TIMINGS = "speed"  # the key of the timings the page shows and report.json leaves out
 
 log = logging.getLogger("fineflow.report")
 
@@ -744,7 +745,8 @@ def report_run(
     )
     page = render_page(report)
     with ArtifactWriter(base, "report", key) as out:
-        out.path(REPORT_JSON).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+        numbers = without_timings(report)
+        out.path(REPORT_JSON).write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n")
         out.path(REPORT_HTML).write_text(page)
         manifest = out.commit(
             cfg,
@@ -752,8 +754,7 @@ def report_run(
                 "pages": len(report["cleaning"]["pages"]),
                 "prompts": len(report["inference"]["prompts"]),
             },
-            stats={"html_bytes": len(page.encode())},
-            content=fingerprint(without_timings(report)),
+            content=fingerprint(numbers),  # the page's bytes hold timings: not its identity
         )
     tell(f"report: {base / manifest.dir / REPORT_HTML} ({len(page.encode()) / 1e3:,.0f} kB)", log)
     return manifest
