@@ -104,10 +104,23 @@ class DescendantPeaks:
         self._thread.join()
 
 
+def _warm() -> None:
+    """Imports, lid.176 and the fork server, not timed; no page is judged here: the
+    filters' per-token caches would then start warm in this process (the big WARC repeats
+    the sample's pages) and cold in the filter processes, which favours one core."""
+    from fineflow.tasks.extract import extract_main_text
+    from fineflow.tasks.quality import identify_language
+    from fineflow.tasks.sandbox import Sandbox
+
+    identify_language("warm")
+    with Sandbox(extract_main_text, 1, 60.0) as pool:
+        list(pool.map([("<html><body><p>warm</p></body></html>", True, False, True)]))
+
+
 def _big(warc: str, cores: int, out: dict) -> None:
     """Fresh process limited to `cores` CPUs: the chain on one WARC, workers sized to them."""
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
-    chain(SAMPLE_WARCS[0])  # warm: imports, lid.176, the fork server; not timed
+    _warm()
     with DescendantPeaks() as children:
         r = chain(warc)
     r["peak_task"] = _peak_rss_mb()
