@@ -11,7 +11,8 @@ stage reruns when the code it runs changes, and `--why` can name the definition.
 
 What counts as the project: modules under `fineflow` (PROJECT). Left out on purpose:
 `fineflow.config` (a config's effect on an output is its values, which the key holds
-already; its field descriptions and validators are not a stage's code). A class
+already; its field descriptions and validators are not a stage's code) and
+`fineflow.progress` (progress lines and their throttle never change an output). A class
 reached counts whole (every method), since an instance's methods run wherever the
 instance goes. A module used as a value (not `module.name`) counts whole.
 """
@@ -27,7 +28,7 @@ from functools import cache
 from pathlib import Path
 
 PROJECT = "fineflow"
-NOT_CODE = frozenset({"fineflow.config"})
+NOT_CODE = frozenset({"fineflow.config", "fineflow.progress"})
 
 
 @dataclass(frozen=True)
