@@ -9,6 +9,8 @@
   _prefect/why/<stage>/   per WARC (or `corpus`), the key parts of its last run (storage/why.py)
   _failed/<source>.json   why a WARC failed its per-WARC stages last time (gone once it works)
   _logs/run-*.log         each `fineflow run`'s full log, tracebacks included
+  _compiled/<what>/<key>/ files one machine derives once and its workers share (url_filter's
+                          blocklist as sorted hashes): not artifacts, never mirrored
 
 A remote data root (an fsspec URL, `storage.remote`) has the same layout; its local
 working copy defaults to `~/.cache/fineflow/<scheme>/<bucket>/<prefix>` ($XDG_CACHE_HOME).
@@ -49,6 +51,14 @@ def failures_dir(root: Path) -> Path:
 
 def logs_dir(root: Path) -> Path:
     return Path(root) / "_logs"
+
+
+def compiled_dir(root: Path, what: str, key: str) -> Path:
+    """`<root>/_compiled/<what>/<key>`: derived files a machine builds once (not artifacts)."""
+    for part in (what, key):
+        if safe_name(part) != part:
+            raise PathEscape(f"compiled path part {part!r} is not a single safe file name")
+    return Path(root) / "_compiled" / what / key
 
 
 def work_dir(root: Path, stage: str, key: str) -> Path:

@@ -29,7 +29,7 @@ Blocklists: a UT1 `domains` file, a directory with `domains`/`urls` (or
 `<category>/domains`), or the UT1 `.tar.gz` (members `*/<category>/domains|urls`), from a
 local path or a URL; a URL is fetched once into the artifact store
 (`<root>/blocklist/<key>/`) and reused. The list is compiled once into sorted 64-bit
-hashes under the data root (`<root>/blocklist/<key>/domains.u64`: 36 MB for the
+hashes under the data root (`<root>/_compiled/blocklist/<key>/domains.u64`: 36 MB for the
 4.5M-domain UT1 adult list) that every worker memory-maps, so the machine holds one
 copy however many workers run (bench/url_filter.py: build time, lookups/s, memory per
 worker).
@@ -169,7 +169,7 @@ class Blocklist:
     """UT1 domains and URLs, normalised (see `normalize_host`, `normalize_url`), as
     HashSets: 4.5M UT1 domains take 36 MB (a Python set of them took ~0.6 GB per
     process), and with a data root they are compiled once into a file under
-    `<root>/blocklist/<key>/` that every worker maps (`load_blocklist`)."""
+    `<root>/_compiled/blocklist/<key>/` that every worker maps (`load_blocklist`)."""
 
     domains: HashSet
     urls: HashSet
@@ -320,31 +320,36 @@ def read_blocklist(path: Path, categories: Iterable[str] = ("adult",)) -> Blockl
 
 def compile_blocklist(
     root: Path, source: str, size: int, mtime_ns: int, cats: tuple[str, ...]
-) -> Manifest:
-    """The blocklist's HashSets as files under `<root>/blocklist/<key>/` (domains.u64,
-    urls.u64), built once: the key is the list's path, size, mtime and categories, and a
-    lock makes the workers that start together wait for the one that builds it."""
+) -> Path:
+    """The directory of the blocklist's HashSets as files (domains.u64, urls.u64) under
+    `<root>/_compiled/blocklist/<key>/`, built once: the key is the list's path, size,
+    mtime and categories, and a lock makes the workers that start together wait for the
+    one that builds it. Machine-local, like a build cache: not an artifact, never
+    mirrored to a remote root (each machine compiles its own in seconds)."""
     key = stage_key(_COMPILED_VERSION, source, size, mtime_ns, cats, sys.byteorder)
+    final = layout.compiled_dir(root, _BLOCKLIST_STAGE, key)
+    if final.is_dir():  # a directory under its final name is complete (renamed into place)
+        return final
     lock = layout.locks_dir(root) / f"blocklist-{key}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes, or its holder dies
-        have = load_manifest(root, _BLOCKLIST_STAGE, key)
-        if have is not None and verify(root, have) is None:
-            return have
+        if final.is_dir():
+            return final
+        for dead in final.parent.glob(f".{key}.tmp-*"):  # a killed builder's; we hold the lock
+            shutil.rmtree(dead, ignore_errors=True)
         t0 = time.perf_counter()
         bl = read_blocklist(Path(source), cats)
-        with ArtifactWriter(root, _BLOCKLIST_STAGE, key) as out:
-            out.path(_DOMAINS_FILE).write_bytes(bl.domains.tobytes())
-            out.path(_URLS_FILE).write_bytes(bl.urls.tobytes())
-            made = out.commit(
-                None, counts={"domains": len(bl), "urls": len(bl.urls)}, stats={"source": source}
-            )
+        tmp = final.parent / f".{key}.tmp-{os.getpid()}"
+        tmp.mkdir(parents=True)
+        (tmp / _DOMAINS_FILE).write_bytes(bl.domains.tobytes())
+        (tmp / _URLS_FILE).write_bytes(bl.urls.tobytes())
+        tmp.rename(final)
         log.info(
             "blocklist %s: %d domains, %d urls compiled into %s in %.1fs",
-            source, len(bl), len(bl.urls), made.dir, time.perf_counter() - t0,
+            source, len(bl), len(bl.urls), final, time.perf_counter() - t0,
         )  # fmt: skip
-        return made
+        return final
 
 
 @lru_cache(maxsize=2)
@@ -354,10 +359,7 @@ def _cached_blocklist(
     if root is None:
         return read_blocklist(Path(path), cats)
     made = compile_blocklist(Path(root), path, size, mtime_ns, cats)
-    return Blocklist(
-        HashSet.open(made.path(Path(root), _DOMAINS_FILE)),
-        HashSet.open(made.path(Path(root), _URLS_FILE)),
-    )
+    return Blocklist(HashSet.open(made / _DOMAINS_FILE), HashSet.open(made / _URLS_FILE))
 
 
 def load_blocklist(

@@ -86,7 +86,7 @@ def test_the_list_is_compiled_once_under_the_root_and_shared(
 ) -> None:
     root = tmp_path / "data"
     mapped = load_blocklist(cfg.blocklist, root=root)
-    files = list((root / "blocklist").glob("*/domains.u64"))
+    files = list(root.glob("_compiled/blocklist/*/domains.u64"))
     assert len(files) == 1 and files[0].stat().st_size == 3 * 8  # 3 domains, 8 bytes each
     here = load_blocklist(cfg.blocklist)
     hosts = ["bad-site.example", "tracker.example", "www.bad-site.example", "good.example", ""]
@@ -106,7 +106,8 @@ def test_the_list_is_compiled_once_under_the_root_and_shared(
     assert files[0].stat().st_mtime_ns == built  # mapped, not built again
     cfg.blocklist.write_text(BLOCKLIST + "new.example\n")  # a changed list: compiled anew
     assert "new.example" in load_blocklist(cfg.blocklist, root=root)
-    assert len(list((root / "blocklist").glob("*/domains.u64"))) == 2
+    assert len(list(root.glob("_compiled/blocklist/*/domains.u64"))) == 2
+    assert not list(root.glob("*/*/manifest.json"))  # not an artifact: nothing to mirror
 
 
 CASES = [
