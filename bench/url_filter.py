@@ -147,7 +147,7 @@ def main() -> None:
     r = mapped[0]
     print(f"domains file        {r['n']:,} domains, {size_mb:.0f} MB (+100k URLs)")
     print(
-        f"compile once        {built['build_s']:.1f} s into <root>/blocklist (peak RSS of that "
+        f"compile once        {built['build_s']:.1f} s into <root>/_compiled (peak RSS of that "
         f"process {built['build_peak']:.0f} MB); reading the .tar.gz instead {load_tar:.1f} s"
     )
     print(f"load, compiled      {r['load_s'] * 1e3:.0f} ms per worker (memory-mapped)")
