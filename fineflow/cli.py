@@ -240,7 +240,12 @@ def print_summary(result, cfg: PipelineConfig, seconds: float) -> None:
     print(f"{'stage':<11} {'status':<16} {'seconds':>8}  key figure")
     for line in result.lines:
         print(line)
-    if said := [line for line in result.lines if line.why]:
+    from fineflow.storage.why import FIRST
+
+    said = [line for line in result.lines if line.why]
+    if said and all(line.why.startswith(FIRST) for line in said):
+        print(f"why they ran: {FIRST} (fineflow status --why says what a change would rerun)")
+    elif said:
         print("why they ran:")
         for line in said:
             print(f"  {line.stage:<11} {line.why}")

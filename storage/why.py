@@ -34,6 +34,7 @@ from fineflow.storage.fingerprint import canonical_json, fingerprint, output_fie
 from fineflow.storage.names import safe_name
 
 MAX_SHOWN = 3  # changed parts named per kind; the rest are counted
+FIRST = "first run here"  # no run of this stage and WARC on this data root to compare with
 
 
 def key_parts(fn: Any, inputs: dict[str, Any], remote: str | None = None) -> dict[str, str]:
@@ -124,7 +125,7 @@ def summarize(reasons: list[str]) -> str:
 def explain(stage: str, old: dict[str, str] | None, new: dict[str, str]) -> str:
     """Why a stage whose parts went from `old` to `new` runs again, in one line."""
     if old is None:
-        return "no earlier run of it here"
+        return FIRST
     said = []
     changed = [k for k in sorted(new.keys() | old.keys()) if old.get(k) != new.get(k)]
     config = [k for k in changed if k.startswith("cfg.")]

@@ -58,7 +58,7 @@ def test_explain_says_what_changed_in_words():
         "code fineflow.tasks.quality.judge": "aa",
         "STAGE_VERSION": "2",
     }
-    assert why.explain("extract", None, old) == "no earlier run of it here"
+    assert why.explain("extract", None, old) == why.FIRST
     assert why.explain("extract", old, dict(old)) == "its cache record is gone"
     new = {**old, "cfg.min_chars": "100"}
     assert why.explain("extract", old, new) == "extract.min_chars 200 -> 100"
