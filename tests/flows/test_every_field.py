@@ -71,6 +71,8 @@ def candidates(path: str, field: Any, current: Any, tmp: Path, warcs: list[str])
     if path in special:
         return special[path]()
     ann = field.annotation
+    if current is None:  # an optional number left to its default ("auto", "all cores")
+        return [1, 2]
     if isinstance(current, bool):
         return [not current]
     if get_origin(ann) is Literal:
