@@ -12,28 +12,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.cli import fineflow
 from tests.helpers.e2e import SAMPLE_WARCS, head_warc, small_config
 
 STEPS = 12
-
-
-def fineflow(*args: str, env: dict[str, str]) -> tuple[int, str]:
-    """`fineflow ARGS` as a user runs it; (exit status, stdout and stderr as one stream)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "fineflow.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    return done.returncode, done.stdout
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import pytest
 
 from fineflow.tasks.report_page import SECTIONS
 from tests.helpers.chromium import CHROMIUM, chromium, full_page_screenshot
+from tests.helpers.cli import fineflow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,18 +29,6 @@ pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (make chromium)"),
     pytest.mark.slow,  # the whole sample: about 2-3 minutes on the 2-core dev box
 ]
-
-
-def fineflow(*args: str, env: dict[str, str]) -> tuple[int, str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "fineflow.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        timeout=1800,
-    )
-    return done.returncode, done.stdout
 
 
 class Pictures(HTMLParser):
@@ -72,7 +59,7 @@ def test_the_sample_runs_report_renders_with_every_section_and_picture(tmp_path)
     data = tmp_path / "data"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     env.pop("PREFECT_API_URL", None)
-    rc, out = fineflow("run", "--set", f"data_root={data}", env=env)
+    rc, out = fineflow("run", "--set", f"data_root={data}", env=env, timeout=1800)
     assert rc == 0, out[-4000:]
     said = re.search(r"the run, step by step: file://(\S+)", out)
     assert said, out[-4000:]
