@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import pytest
-from pydantic import BaseModel
 
-from fineflow.cli import deep_merge
 from fineflow.config import PipelineConfig
 from fineflow.storage.fingerprint import affects_output
-from tests.helpers.e2e import small_config
+from tests.helpers.e2e import leaf_fields, small_config, value_at, with_value
 
 pytestmark = pytest.mark.slow
 
@@ -34,17 +32,6 @@ NOT_HERE = {
     "stop_after": "a command, not a setting: tests/flows/test_pipeline.py",
     "sources.min_good_warcs": "fails a run with fewer good WARCs: tests/flows/test_failures.py",
 }
-
-
-def leaves(model: type[BaseModel], value: BaseModel, prefix: str = "") -> list[tuple[str, Any]]:
-    out = []
-    for name, field in model.model_fields.items():
-        v = getattr(value, name)
-        if isinstance(v, BaseModel):
-            out += leaves(type(v), v, f"{prefix}{name}.")
-        else:
-            out.append((f"{prefix}{name}", field))
-    return out
 
 
 def candidates(path: str, field: Any, current: Any, tmp: Path, warcs: list[str]) -> list[Any]:
@@ -96,14 +83,8 @@ def _file(tmp: Path, name: str, text: str) -> Path:
 
 
 def changed(cfg: PipelineConfig, path: str, value: Any) -> PipelineConfig | None:
-    over: dict[str, Any] = {}
-    node = over
-    *parents, leaf = path.split(".")
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[leaf] = value
     try:
-        return PipelineConfig.model_validate(deep_merge(cfg.model_dump(), over))
+        return with_value(cfg, path, value)
     except ValueError:
         return None
 
@@ -169,7 +150,7 @@ def all_leaves() -> list[str]:
     from tests.helpers.e2e import SAMPLE_WARCS
 
     cfg = small_config(Path("data"), [str(SAMPLE_WARCS[0])])
-    return [p for p, _ in leaves(PipelineConfig, cfg) if p not in NOT_HERE]
+    return [p for p, _ in leaf_fields(cfg) if p not in NOT_HERE]
 
 
 @pytest.mark.parametrize("path", all_leaves())
@@ -179,10 +160,8 @@ def test_changing_one_field_runs_exactly_the_stages_whose_inputs_changed(
     from fineflow.flows.pipeline import pipeline
 
     cfg, before = base
-    field = dict(leaves(PipelineConfig, cfg))[path]
-    value = cfg
-    for part in path.split("."):
-        value = getattr(value, part)
+    field = dict(leaf_fields(cfg))[path]
+    value = value_at(cfg, path)
     new = None
     for candidate in candidates(path, field, value, tmp_path, warcs):
         if (new := changed(cfg, path, candidate)) is not None:

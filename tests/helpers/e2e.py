@@ -11,6 +11,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from warcio.archiveiterator import ArchiveIterator
 
 from fineflow.cli import deep_merge
@@ -87,3 +89,32 @@ def corpus_manifest(root: Path, docs: list[tuple[str, str, bool]]) -> Manifest:
                 [(i, n, t, len(t), i, keep) for n, (i, t, keep) in enumerate(docs)],
             )
         return out.commit(None, counts={"docs": len(docs)})
+
+
+def leaf_fields(model: BaseModel, prefix: str = "") -> list[tuple[str, FieldInfo]]:
+    """(dotted name, field) of every leaf of a config, nested models walked by value."""
+    out = []
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            out += leaf_fields(value, f"{prefix}{name}.")
+        else:
+            out.append((f"{prefix}{name}", field))
+    return out
+
+
+def value_at(cfg: PipelineConfig, path: str) -> Any:
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def with_value(cfg: PipelineConfig, path: str, value: Any) -> PipelineConfig:
+    """`cfg` with the leaf at `path` set to `value`, validated (ValueError if refused)."""
+    over: dict[str, Any] = {}
+    node = over
+    *parents, leaf = path.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+    return PipelineConfig.model_validate(deep_merge(cfg.model_dump(), over))
