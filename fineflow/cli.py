@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fineflow.config import PRESETS_FILE, STAGES, PipelineConfig
+from fineflow.config import PRESETS_FILE, STAGES, PipelineConfig, deep_merge
 
 
 def _quiet_prefect() -> None:
@@ -213,14 +213,6 @@ def load_config(
     if stop_after:
         tree["stop_after"] = stop_after
     return PipelineConfig.model_validate(tree)
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        both = isinstance(v, dict) and isinstance(base.get(k), dict)
-        out[k] = deep_merge(base[k], v) if both else v
-    return out
 
 
 def _describe_errors(err: ValidationError) -> str:

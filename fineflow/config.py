@@ -61,6 +61,15 @@ class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
 
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `over` laid on it, mapping by mapping (`over` wins at the leaves)."""
+    out = dict(base)
+    for k, v in over.items():
+        both = isinstance(v, dict) and isinstance(base.get(k), dict)
+        out[k] = deep_merge(base[k], v) if both else v
+    return out
+
+
 def _sample_warcs() -> list[str]:
     return sorted(str(p) for p in (SAMPLE_DIR / "warcs").glob("*.warc.gz"))
 
@@ -286,6 +295,10 @@ class MinHashConfig(_Config):
 
 
 class DedupConfig(_Config):
+    enabled: bool = Field(
+        default=True,
+        description="false: keep every document (clusters are still found and recorded)",
+    )
     scope: Literal["crawl", "global"] = Field(
         default="crawl", description="compare documents within their crawl (FineWeb) or all"
     )

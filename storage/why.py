@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,7 +93,8 @@ def read(root: Path, stage: str, slot_name: str) -> dict[str, Any]:
 def write(root: Path, stage: str, slot_name: str, record: dict[str, Any]) -> None:
     path = _record(root, stage, slot_name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # one temporary name per writer: tasks of one stage run at once in threads of a process
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(record, sort_keys=True))
     tmp.replace(path)
 

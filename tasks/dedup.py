@@ -17,6 +17,10 @@ two kept documents, each kept when it was first seen.) Adding a WARC therefore
 re-decides only the new WARC's documents; the old WARCs' signatures are their cached
 minhash artifacts, read as they are.
 
+With `enabled` false every document is kept (an ablation's "no dedup" corpus); the
+clusters are still found and recorded, so the shard stage's split by cluster keeps
+near-duplicates on one side of it.
+
 Scope (DedupConfig.scope): "crawl" (FineWeb's choice: documents are only compared within
 their crawl) or "global". A WARC's crawl is the CC-MAIN-YYYY-WW id in its source URI
 (Common Crawl puts it in the path: .../crawl-data/CC-MAIN-2024-10/segments/.../warc/
@@ -278,14 +282,14 @@ def dedup_corpus(
                 INSERT INTO documents
                 SELECT d.id, i.ordinal, d.url, d.host, d.warc, CAST(d.date AS VARCHAR), d.text,
                        d.length, coalesce(r.id, d.id), coalesce(c.size, 1),
-                       c.root IS NULL OR c.kept
+                       NOT $dedup OR c.root IS NULL OR c.kept
                 FROM read_parquet($path, file_row_number = true) d
                 JOIN doc_ids i ON i.warc_index = $w AND i.row = d.file_row_number
                 LEFT JOIN clusters c ON c.ordinal = i.ordinal
                 LEFT JOIN doc_ids r ON r.ordinal = c.root
                 ORDER BY i.ordinal
                 """,
-                {"path": str(docs_path), "w": i},
+                {"path": str(docs_path), "w": i, "dedup": cfg.enabled},
             )
         con.execute(
             """
@@ -347,16 +351,23 @@ def _iter_kept(
 
 
 def iter_kept_texts(
-    db_path: Path, batch: int = 1000, limit: int | None = None
+    db_path: Path, batch: int = 1000, limit: int | None = None, key: str = "id"
 ) -> Iterator[list[tuple[str, str]]]:
-    """(id, text) of kept documents in corpus order, `batch` at a time (the last may be short)."""
-    yield from _iter_kept(db_path, "id, text", batch, limit)
+    """(id, text) of kept documents in corpus order, `batch` at a time (the last may be short).
+    key="cluster_id": (the id of the document's near-duplicate cluster, text)."""
+    yield from _iter_kept(db_path, f"{_key_column(key)}, text", batch, limit)
 
 
-def iter_kept_ids(db_path: Path, batch: int = 10_000) -> Iterator[list[str]]:
-    """Ids of kept documents in corpus order, `batch` at a time; the texts stay on disk."""
-    for rows in _iter_kept(db_path, "id", batch, None):
+def iter_kept_ids(db_path: Path, batch: int = 10_000, key: str = "id") -> Iterator[list[str]]:
+    """Ids (or cluster ids) of kept documents in corpus order, `batch` at a time."""
+    for rows in _iter_kept(db_path, _key_column(key), batch, None):
         yield [r[0] for r in rows]
+
+
+def _key_column(key: str) -> str:
+    if key not in ("id", "cluster_id"):
+        raise ValueError(f"key must be id or cluster_id, not {key!r}")
+    return key
 
 
 def paired_files(

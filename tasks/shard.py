@@ -5,10 +5,14 @@ batches (tiktoken where installed and agreeing with HF on the first batch, ~2x f
 else HF's multi-threaded `encode_batch`), each preceded by `<|endoftext|>` (a literal
 "<|endoftext|>" inside a text stays text), and streamed into shards of exactly
 `shard_tokens` tokens (the last of each split is shorter; documents may span two shards).
-A document goes to val iff blake2b(id) / 2^64 < val_fraction (default 0.05), so the split
-depends on nothing but the id; with two or more documents each split gets at least one,
-and a corpus of one document is refused (a split without data would only fail at
-evaluation, after training).
+A document goes to val iff blake2b(cluster id) / 2^64 < val_fraction (default 0.05): the
+split is by near-duplicate cluster (dedup's cluster_id, the id of its first document,
+which is a kept document's own id unless it joined a cluster), so a corpus that keeps
+near-duplicates (dedup.enabled false) never has one copy in train and another in val,
+and it depends on nothing but the clusters; an ablation's held-out documents are the
+val split of its base corpus (flows/ablate.py). With two or more clusters each split
+gets at least one, and a corpus of one document is refused (a split without data would
+only fail at evaluation, after training).
 
 Progress: every 4 s the MB encoded and MB/s, and one closing line with the token counts
 (fineflow.progress: the terminal and the task's log in the UI).
@@ -46,6 +50,7 @@ from fineflow.tasks.tokenizer import (
 )
 
 STAGE_VERSION = 2  # 2: a corpus with an empty train or val split is refused
+SPLIT_KEY = "cluster_id"  # what decides a document's split (module docstring)
 log = logging.getLogger("fineflow.shard")
 
 
@@ -57,7 +62,8 @@ def id_fraction(doc_id: str) -> float:
 
 @dataclass(frozen=True)
 class Split:
-    """Which documents go to val: by id hash, with one forced each way when a split is empty."""
+    """Which documents go to val: by the hash of their key (the shard stage: cluster id), with
+    one forced each way when a split is empty."""
 
     val_fraction: float
     force_val: str | None = None
@@ -171,8 +177,8 @@ def shard_corpus(
     if eot_id is None:
         raise ValueError(f"{tokenizer_path}: no {EOT} token")
     vocab_size = tok.get_vocab_size()
-    split = Split.plan(chain.from_iterable(iter_kept_ids(db_path)), cfg.val_fraction)
-    batches = iter_kept_texts(db_path, batch=cfg.batch_docs)
+    split = Split.plan(chain.from_iterable(iter_kept_ids(db_path, key=SPLIT_KEY)), cfg.val_fraction)
+    batches = iter_kept_texts(db_path, batch=cfg.batch_docs, key=SPLIT_KEY)
     first = next(batches, None)
     if first is None:
         raise ValueError(f"{db_path}: no kept documents to shard")
@@ -184,7 +190,7 @@ def shard_corpus(
     for batch in chain([first], batches):
         if ticker.due():
             ticker.say(f"shard: {_speed(n_bytes, ticker.elapsed)}")
-        in_val = [split.is_val(doc_id) for doc_id, _ in batch]
+        in_val = [split.is_val(cluster) for cluster, _ in batch]
         for stream, want_val in ((train, False), (val, True)):
             texts = [text for (_, text), v in zip(batch, in_val, strict=True) if v == want_val]
             if texts:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fineflow.cli import deep_merge
+from fineflow.config import deep_merge
 from tests.helpers.crawl_server import Crawl, serve
 from tests.helpers.e2e import SAMPLE_WARCS, head_warc
 from tests.helpers.live_prefect import PREFECT, prefect_server, process_worker, task_runs

@@ -15,8 +15,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from warcio.archiveiterator import ArchiveIterator
 
-from fineflow.cli import deep_merge
-from fineflow.config import SAMPLE_DIR, PipelineConfig
+from fineflow.config import SAMPLE_DIR, PipelineConfig, deep_merge
 from fineflow.storage import catalog
 from fineflow.storage.artifacts import ArtifactWriter, Manifest
 from fineflow.tasks.dedup import CORPUS_DB
@@ -79,14 +78,21 @@ def extract_manifest(root: Path, warc: str, rows: list[tuple[str, str]], tag: st
         return out.commit(None, counts={"kept": n})
 
 
-def corpus_manifest(root: Path, docs: list[tuple[str, str, bool]]) -> Manifest:
-    """A dedup artifact holding `docs` (id, text, keep) as the dedup stage writes it."""
+def corpus_manifest(
+    root: Path, docs: list[tuple[str, str, bool]], clusters: dict[str, str] | None = None
+) -> Manifest:
+    """A dedup artifact holding `docs` (id, text, keep) as the dedup stage writes it;
+    `clusters`: id -> its cluster's id, for documents that are not their own cluster."""
+    clusters = clusters or {}
     with ArtifactWriter(root, "dedup", "corpus") as out:
         with catalog.connect(out.path(CORPUS_DB)) as con:
             catalog.create_corpus_tables(con)
             con.executemany(
                 "INSERT INTO documents VALUES (?, ?, 'u', 'h', 'w', 'd', ?, ?, ?, 1, ?)",
-                [(i, n, t, len(t), i, keep) for n, (i, t, keep) in enumerate(docs)],
+                [
+                    (i, n, t, len(t), clusters.get(i, i), keep)
+                    for n, (i, t, keep) in enumerate(docs)
+                ],
             )
         return out.commit(None, counts={"docs": len(docs)})
 

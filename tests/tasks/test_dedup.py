@@ -131,6 +131,19 @@ def test_drops_exactly_the_later_duplicates(corpus) -> None:
     assert text_ok == 10
 
 
+def test_dedup_off_keeps_every_document_and_still_records_the_clusters(corpus) -> None:
+    root, docs, sigs, on = corpus
+    off = dedup_docs.fn(str(root), docs, sigs, DedupConfig(enabled=False))
+    assert off.key != on.key
+    assert off.counts == {"docs": 10, "kept": 10, "dropped_duplicate": 0, "clusters": 3}
+    with_dedup, without = _decisions(root, on), _decisions(root, off)
+    assert all(keep for keep, _, _ in without.values())
+    # the same clusters: the shard split by cluster keeps near-duplicates on one side
+    assert {i: c[1:] for i, c in without.items()} == {i: c[1:] for i, c in with_dedup.items()}
+    clusters = [c for b in iter_kept_ids(off.path(root, CORPUS_DB), key="cluster_id") for c in b]
+    assert clusters.count("z1") == 3 and clusters.count("a3") == 2
+
+
 def test_iter_kept_texts_streams_kept_docs_in_corpus_order(corpus, monkeypatch) -> None:
     root, _, _, m = corpus
     db = m.path(root, CORPUS_DB)

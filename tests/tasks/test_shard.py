@@ -90,6 +90,21 @@ def test_split_depends_only_on_the_id() -> None:
     assert id_fraction("doc-1") == id_fraction("doc-1") and 0 <= id_fraction("x") < 1
 
 
+def test_near_duplicates_go_to_one_split_by_their_cluster(tmp_path: Path) -> None:
+    """A corpus that keeps near-duplicates (dedup off): a cluster's copies all go where its
+    first document goes, so no copy of a val document is trained on."""
+    docs = _docs()[:12]
+    copies = [(f"{i}-copy", t + " (copy)", True) for i, t, keep in docs if keep]
+    corpus = corpus_manifest(tmp_path, docs + copies, clusters={f"{i}-copy": i for i, _, _ in docs})
+    tok = train_tokenizer.fn(str(tmp_path), corpus, TokenizerConfig(vocab_size=300))
+    cfg = ShardConfig(shard_tokens=1 << 16, val_fraction=0.3)
+    m = shard_tokens.fn(str(tmp_path), corpus, tok, cfg)
+    split = Split.plan([i for i, _, keep in docs if keep], cfg.val_fraction)
+    n_val = sum(split.is_val(i) for i, _, keep in docs if keep)
+    assert n_val > 0 and m.counts["val_docs"] == 2 * n_val  # each with its copy
+    assert m.counts["train_docs"] == 2 * (sum(k for *_, k in docs) - n_val)
+
+
 def test_each_split_gets_a_document_when_there_are_two() -> None:
     ids = ["first", "second"]
     few = Split.plan(ids, 1e-9)  # no id hashes that low
