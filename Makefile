@@ -7,7 +7,7 @@ TORCH_CPU ?= torch==2.13.0
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test test-slow lint ui ui-stop deploy chromium clean
+.PHONY: setup run ablate test test-slow lint ui ui-stop deploy chromium clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml
 
 run: setup
 	$(VENV)/bin/fineflow run $(ARGS)
+
+# The bundled ablation (fineflow/ablations/sample.yaml): 4 variants x 2 seeds on the sample.
+ablate: setup
+	$(VENV)/bin/fineflow ablate sample $(ARGS)
 
 test: setup
 	$(VENV)/bin/pytest -q

@@ -320,7 +320,19 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--repair", action="store_true", help="remove damaged artifacts")
         if name == "status":
             p.add_argument("--why", action="store_true", help="say why each stage would run")
+    ab = sub.add_parser("ablate", help="train models on variants of the corpus, compare them")
+    ab.add_argument(
+        "spec", type=Path, help="YAML: base, variants, seeds, tokens, eval, choice; or `sample`"
+    )
+    ab.add_argument("--debug", action="store_true", help="tracebacks in the terminal too")
+    ab.add_argument("--quiet", action="store_true", help="no progress lines in the terminal")
+    srv = sub.add_parser("server", help="the local Prefect server that runs share")
+    srv.add_argument("--stop", action="store_true", help="stop it (runs using it lose their API)")
     args = parser.parse_args(argv)
+    if args.command == "server":
+        return server(args.stop)
+    if args.command == "ablate":
+        return ablate(args.spec, args.debug, args.quiet)
 
     force = args.force + ([args.stage] if args.command == "rerun" else [])
     try:
@@ -349,6 +361,85 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         return show_report(cfg, args.open)
     raise AssertionError(args.command)
+
+
+def ablate(path: Path, debug: bool, quiet: bool) -> int:
+    """`fineflow ablate SPEC`: the ablation flow; the stages, the variants' table, the page."""
+    from fineflow.ablation import BASE, BUNDLED, load_spec
+
+    if not path.exists() and (BUNDLED / f"{path}.yaml").is_file():
+        path = BUNDLED / f"{path}.yaml"  # a bundled spec by name: `fineflow ablate sample`
+    try:
+        spec = load_spec(path)
+    except ValidationError as err:
+        print(_describe_errors(err).replace("config", f"ablation spec {path}", 1), file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as err:
+        print(f"fineflow ablate: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    _quiet_prefect()
+    start, root = time.monotonic(), spec.configs()[BASE].data_root
+
+    def flow():
+        from fineflow.flows.ablate import ablate
+
+        return ablate
+
+    result, code, _ = run_flow(root, flow, spec, debug, quiet)
+    if code == EXIT_OK:
+        print_ablation(result, root, time.monotonic() - start)
+    return code
+
+
+def print_ablation(result: Any, root: Path, seconds: float) -> None:
+    from fineflow.tasks.ablation_report import HEAD, table_rows
+
+    stages: dict[str, list[float]] = {}
+    for line in result.lines:
+        ran_cached_s = stages.setdefault(line.stage, [0, 0, 0.0])
+        ran_cached_s[0] += line.ran
+        ran_cached_s[1] += line.cached
+        ran_cached_s[2] += line.seconds
+    runs = sum(int(v[0] + v[1]) for v in stages.values())
+    ran = sum(int(v[0]) for v in stages.values())
+    print(f"\nfineflow ablate: {runs} task runs, {ran} ran, {runs - ran} cached, {seconds:.1f}s")
+    print(f"{'stage':<16} {'ran':>4} {'cached':>6} {'seconds':>8}")
+    for stage, (r, c, sec) in stages.items():
+        print(f"{stage:<16} {int(r):>4} {int(c):>6} {sec:>8.1f}")
+    report = json.loads(result.report.path(root, "report.json").read_text())
+    rows = [HEAD, *table_rows(report)]
+    keep = [0, 5, 6, 7, 8, 9, 10, 11]  # variant, dedup, tokens, epochs and the yardstick
+    widths = [max(len(r[i]) for r in rows) for i in keep]
+    print()
+    for r in rows:
+        cells = zip(keep, widths, strict=True)
+        print("  ".join(r[i].ljust(w) if i == 0 else r[i].rjust(w) for i, w in cells))
+    print(f"\nthe ablation, charts and all: {result.report.path(root, 'report.html').as_uri()}")
+
+
+def server(stop: bool) -> int:
+    """`fineflow server [--stop]`: the shared local Prefect server (fineflow.server) of
+    this Prefect home: its address and pid, or stop it."""
+    from fineflow.server import IDLE_ENV, configured, running, stop_all
+
+    if stop:
+        stopped = stop_all()
+        for s in stopped:
+            print(f"stopped the shared Prefect server at {s['api_url']} (pid {s['pid']})")
+        if not stopped:
+            print("no shared Prefect server was running")
+        return 0
+    found = running()
+    for s in found:
+        print(
+            f"shared Prefect server at {s['api_url']} (pid {s['pid']}; stops after "
+            f"{s['idle_s']:g} s without a run, {IDLE_ENV}; fineflow server --stop)"
+        )
+    if not found:
+        print("no shared Prefect server is running; the next run starts one")
+    if configured():
+        print("runs use the configured PREFECT_API_URL, not a shared server")
+    return 0
 
 
 def show_report(cfg: PipelineConfig, open_it: bool) -> int:
@@ -392,31 +483,47 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 def run(cfg: PipelineConfig, debug: bool = False, quiet: bool = False) -> int:
     """Run the pipeline; print the summary, or one block saying what failed and what to do.
     quiet: no progress lines (training steps, pages/s) in the terminal."""
-    from fineflow import logs
-
-    log_file = logs.setup(cfg.data_root, debug=debug, quiet=quiet)  # before Prefect is imported
     start = time.monotonic()
-    server = start_server()  # starts while this process imports Prefect
-    try:
+
+    def pipeline():
         from fineflow.flows.pipeline import pipeline  # Prefect: after the config is known good
 
-        with prefect_api(server):
-            result = pipeline(cfg)
-    except KeyboardInterrupt:
-        print(f"\nfineflow: interrupted; what finished stays cached. Log: {log_file}")
-        return 130
-    except Exception as exc:
-        print(failure_block(exc, log_file, debug), file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        if server is not None:  # stopped already unless the run never reached prefect_api
-            server.stop()
-        logs.forget(log_file)
+        return pipeline
+
+    result, code, log_file = run_flow(cfg.data_root, pipeline, cfg, debug, quiet)
+    if code != EXIT_OK:
+        return code
     print_summary(result, cfg, time.monotonic() - start)
     if result.failures:
         print(failed_warcs_block(result.failures, result.warcs, log_file))
         return EXIT_PARTIAL
     return EXIT_OK
+
+
+def run_flow(
+    root: Path, load: Any, parameter: Any, debug: bool, quiet: bool
+) -> tuple[Any, int, Path]:
+    """The flow `load()` imports, called on `parameter`, with the run's log file under
+    `root` and a Prefect API (a temporary server unless one is configured): (its result,
+    exit code, the log file). A failure prints one block saying what failed and what to do."""
+    from fineflow import logs
+
+    log_file = logs.setup(root, debug=debug, quiet=quiet)  # before Prefect is imported
+    server = start_server()  # starts while this process imports Prefect
+    try:
+        flow = load()
+        with prefect_api(server):
+            return flow(parameter), EXIT_OK, log_file
+    except KeyboardInterrupt:
+        print(f"\nfineflow: interrupted; what finished stays cached. Log: {log_file}")
+        return None, 130, log_file
+    except Exception as exc:
+        print(failure_block(exc, log_file, debug), file=sys.stderr)
+        return None, EXIT_FAILED, log_file
+    finally:
+        if server is not None:  # stopped already unless the run never reached prefect_api
+            server.stop()
+        logs.forget(log_file)
 
 
 def failure_block(exc: BaseException, log_file: Path, debug: bool) -> str:
