@@ -34,7 +34,9 @@ from fineflow.flows.pipeline import run_data
 from fineflow.flows.stages import BY_NAME, PER_WARC
 from fineflow.flows.summary import StageClock, StageLine
 from fineflow.storage.artifacts import Manifest
+from fineflow.tasks.ablation_report import publish, report_ablation
 from fineflow.tasks.sandbox import available_cores
+from fineflow.tasks.yardstick import build_choices, check_leaks, hold_out, score_model
 
 
 class Job(BaseModel):
@@ -129,7 +131,7 @@ def train_models(
 ) -> tuple[list[StageLine], list[Manifest], list[Manifest]]:
     """Train and score every job (on the caller's task runner); (lines, trains, scores)."""
     root, clock = str(cfg.data_root), StageClock()
-    train, score = staged(BY_NAME["train"].task, cfg, "train"), staged(_score(), cfg, "train")
+    train, score = staged(BY_NAME["train"].task, cfg, "train"), staged(score_model, cfg, "train")
     trains = [train.submit(root, j.shard, j.tokenizer, j.train) for j in jobs]
     scores = [
         score.submit(root, t, j.tokenizer, eval_set, choices)
@@ -138,18 +140,9 @@ def train_models(
     return clock.finish("train", trains), clock.finish("score", scores), clock.lines
 
 
-def _score():
-    from fineflow.tasks.yardstick import score_model
-
-    return score_model
-
-
 @flow(name="fineflow-ablate", log_prints=True)
 def ablate(spec: AblationSpec) -> AblationResult:
     """Build each variant's corpus, train `seeds` models on each, score all on one yardstick."""
-    from fineflow.tasks.ablation_report import publish, report_ablation
-    from fineflow.tasks.yardstick import build_choices, check_leaks, hold_out
-
     configs = spec.configs()
     base = configs[BASE]
     root, names = str(base.data_root), list(configs)
