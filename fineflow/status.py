@@ -24,13 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from fineflow.config import PipelineConfig
-from fineflow.storage import layout, why
-from fineflow.storage.artifacts import manifests, verify
-from fineflow.storage.cache import task_cache_key
-from fineflow.storage.remote import Remote
+from fineflow.storage import cache, why
+from fineflow.storage.cache import CACHED, FORCED, RESTORES, RUNS, STALE, UNKNOWN
 
-CACHED, STALE, RUNS, FORCED, UNKNOWN = "cached", "stale", "will run", "forced", "unknown"
-RESTORES = "cached remotely"  # remote_root holds it: reused; fetched if a running stage reads it
+# the states, defined with the lookup (storage.cache); fineflow.sample and tests read them here
+__all__ = ["CACHED", "FORCED", "RESTORES", "RUNS", "STALE", "UNKNOWN", "describe", "lookup"]
 
 
 @dataclass(frozen=True)
@@ -54,12 +52,6 @@ class StageStatus:
         return f"{self.stage:<11} {self.summary:<22} {self.detail}"
 
 
-def cache_key(task: Any, root: str, *args: Any, remote: str | None = None) -> str:
-    """The key StageCache gives `task` called with (root, *args)."""
-    inputs = dict(inspect.signature(task.fn).bind(root, *args).arguments)
-    return task_cache_key(task, inputs, remote)
-
-
 def why_runs(task: Any, cfg: PipelineConfig, state: str, *args: Any) -> str:
     """Why a task run in `state` runs: forced, damaged, or what changed since its last run."""
     if state == FORCED:
@@ -76,36 +68,13 @@ def why_runs(task: Any, cfg: PipelineConfig, state: str, *args: Any) -> str:
 
 def lookup(task: Any, cfg: PipelineConfig, stage: str, *args: Any) -> tuple[str, Any]:
     """(state, cached result or None) of one task run with these inputs."""
-    from prefect._internal.result_records import ResultRecord
-
-    root = cfg.data_root
-    if stage in cfg.force:
-        return FORCED, None
-    key = cache_key(task, str(root), *args, remote=cfg.remote_root)
-    record = layout.results_dir(root) / key
-    remote = Remote(cfg.remote_root) if cfg.remote_root else None
-    local = record.is_file()
-    body = record.read_bytes() if local else remote.record(key) if remote else None
-    if body is None:
-        return RUNS, None
-    try:
-        result = ResultRecord.deserialize(body).result
-    except Exception:
-        return (STALE, None) if local else (RUNS, None)
-    if remote is not None:  # as Remote.restore decides
-        held = remote.held(root, result)
-        if held is None:
-            return (STALE, None) if local else (RUNS, None)
-        return (CACHED, result) if local and not held else (RESTORES, result)
-    if any(verify(root, m) for m in manifests(result)):
-        return STALE, None
-    return CACHED, result
+    return cache.lookup(task, cfg.data_root, args, cfg.remote_root, stage in cfg.force)
 
 
 def pipeline_status(cfg: PipelineConfig) -> list[StageStatus]:
     """Per stage, in run order: cached / stale / will run / forced / unknown."""
-    from fineflow.flows.data import describe_sources
-    from fineflow.flows.stages import BY_NAME, CORPUS, PER_WARC, until
+    from fineflow.flows.data import describe_sources, lookups
+    from fineflow.flows.stages import BY_NAME, CORPUS, until
     from fineflow.tasks.download import list_common_crawl
 
     out: list[StageStatus] = []
@@ -116,25 +85,17 @@ def pipeline_status(cfg: PipelineConfig) -> list[StageStatus]:
             return [StageStatus("download", (), "the crawl's WARC list is not cached yet")]
         uris += urls
 
-    chains: list[dict[str, Any]] = [{} for _ in uris]
     sources = describe_sources(uris)
-    for stage in PER_WARC:
-        states, reasons = [], []
-        for chain, source in zip(chains, sources, strict=True):
-            if any(v is None for v in chain.values()):
-                states.append(UNKNOWN)
-                chain[stage.name] = None
-                continue
-            args = stage.args(cfg, chain, source=source)
-            state, chain[stage.name] = lookup(stage.task, cfg, stage.name, *args)
-            states.append(state)
-            reasons.append(why_runs(stage.task, cfg, state, *args))
+    columns: dict[str, list[Any]] = {}
+    for stage, looked in lookups(cfg, sources):
+        states = tuple(state for state, _, _ in looked)
+        columns[stage.name] = [got for _, got, _ in looked]
+        reasons = [why_runs(stage.task, cfg, s, *args) for s, _, args in looked if s != UNKNOWN]
         said = why.summarize([r for r in reasons if r])
-        out.append(StageStatus(stage.name, tuple(states), f"{len(sources)} WARCs", why=said))
+        out.append(StageStatus(stage.name, states, f"{len(sources)} WARCs", why=said))
 
     m: dict[str, Any] = {}
-    columns = {s.name: [c.get(s.name) for c in chains] for s in PER_WARC}
-    if any(v is None for c in chains for v in c.values()):
+    if any(v is None for column in columns.values() for v in column):
         m["dedup"] = None
         out.append(StageStatus("dedup", (UNKNOWN,), "a per-WARC stage will run first"))
     else:

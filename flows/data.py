@@ -13,19 +13,21 @@ the run instead; fewer good WARCs than `sources.min_good_warcs` always does.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, unmapped
 from prefect.futures import PrefectFuture
 
 from fineflow.config import PipelineConfig, StageName
 from fineflow.errors import FineflowError
-from fineflow.flows.stages import BY_NAME, PER_WARC, until
+from fineflow.flows.stages import BY_NAME, PER_WARC, Stage, until
 from fineflow.flows.summary import StageClock, StageLine, WarcFailure, failure_of
 from fineflow.storage import failures as failure_records
 from fineflow.storage.artifacts import Manifest
-from fineflow.storage.cache import bind
+from fineflow.storage.cache import HITS, UNKNOWN, bind, lookup
 from fineflow.tasks.download import WarcSource, artifact_key, describe_sources, list_common_crawl
 from fineflow.tasks.sandbox import available_cores
 
@@ -81,6 +83,46 @@ def build_corpus(cfg: PipelineConfig) -> CorpusResult:
     args = dedup.args(cfg, {}, columns=kept, sources=[sources[i] for i in good])
     corpus = clock.finish("dedup", [staged(dedup.task, cfg, "dedup").submit(root, *args)])[0]
     return CorpusResult(corpus, clock.lines, failures, len(sources), kept)
+
+
+def lookups(
+    cfg: PipelineConfig, sources: list[WarcSource], stages: tuple[Stage, ...] = PER_WARC
+) -> Iterator[tuple[Stage, list[tuple[str, Any, tuple]]]]:
+    """Per per-WARC stage in run order, per WARC: (state, its cached manifest or None, the
+    task's arguments after the root), read from the cache now as the run would find it
+    (storage.cache.lookup). Below a WARC's first stage that will run, its inputs are not
+    known until that runs: (UNKNOWN, None, ())."""
+    chains: list[dict[str, Any]] = [{} for _ in sources]
+    for stage in stages:
+        looked = []
+        for chain, source in zip(chains, sources, strict=True):
+            if any(v is None for v in chain.values()):
+                chain[stage.name] = None
+                looked.append((UNKNOWN, None, ()))
+                continue
+            args = stage.args(cfg, chain, source=source)
+            forced = stage.name in cfg.force
+            state, chain[stage.name] = lookup(
+                stage.task, cfg.data_root, args, cfg.remote_root, forced
+            )
+            looked.append((state, chain[stage.name], args))
+        yield stage, looked
+
+
+def all_cached(cfg: PipelineConfig) -> bool:
+    """Whether every per-WARC task run of `cfg` would come back Cached, as the cache reads
+    now (a Common Crawl slice: once its listing is cached too). Stops at the first miss."""
+    uris = list(cfg.sources.warcs)
+    if cfg.sources.common_crawl is not None:
+        forced = "download" in cfg.force
+        args = (cfg.sources.common_crawl,)
+        state, urls = lookup(list_common_crawl, cfg.data_root, args, cfg.remote_root, forced)
+        if state not in HITS:
+            return False
+        uris += urls
+    stages = until(cfg.stop_after, PER_WARC)
+    looked = lookups(cfg, describe_sources(uris), stages)
+    return all(state in HITS for _, states in looked for state, _, _ in states)
 
 
 def sized(cfg: PipelineConfig, warcs: int) -> PipelineConfig:

@@ -3,23 +3,28 @@
 `fineflow run` (and `make run`) call this flow and print one line per stage and where
 the outputs are; in the Prefect UI the run carries a funnel table and a run summary.
 The per-WARC stages run on a local process pool (`workers`), or on an existing Dask
-cluster when `dask_address` is set.
+cluster when `dask_address` is set; when every per-WARC task run is cached already, on
+threads of this process (each comes back Cached, in the UI and the summary, without a
+process pool to start).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from prefect import flow
-from prefect.task_runners import ProcessPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from fineflow.config import PipelineConfig
-from fineflow.flows.data import CorpusResult, build_corpus, staged
+from fineflow.flows.data import CorpusResult, all_cached, build_corpus, staged
 from fineflow.flows.stages import CORPUS, until
 from fineflow.flows.summary import StageClock, StageLine, WarcFailure, publish_run_artifacts
 from fineflow.flows.train import train_on_corpus
 from fineflow.storage.artifacts import Manifest
 from fineflow.storage.remote import Remote
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,8 +35,12 @@ class PipelineResult:
     warcs: int = 0  # WARCs the run was given
 
 
-def data_task_runner(cfg: PipelineConfig):
-    """Where the per-WARC stages run: the configured Dask cluster, else local processes."""
+def data_task_runner(cfg: PipelineConfig, cached: bool = False):
+    """Where the per-WARC stages run: the configured Dask cluster, else local processes;
+    threads of this process when every per-WARC task run is `cached` (no work to spread:
+    a process pool would spend seconds starting and importing only to find each task's
+    cache record). Should a record turn stale between that check and its task, the task
+    runs on its thread: the same work and outputs, on this process."""
     if cfg.dask_address:
         try:
             from prefect_dask import DaskTaskRunner
@@ -40,6 +49,8 @@ def data_task_runner(cfg: PipelineConfig):
                 "dask_address is set but prefect-dask is not installed: pip install -e '.[dask]'"
             ) from exc
         return DaskTaskRunner(address=cfg.dask_address)
+    if cached:
+        return ThreadPoolTaskRunner(cfg.workers)
     return ProcessPoolTaskRunner(cfg.workers)
 
 
@@ -58,7 +69,10 @@ def abandon_running_tasks() -> None:
 
 def run_data(cfg: PipelineConfig) -> CorpusResult:
     """The data flow (a subflow of the caller) on the configured task runner."""
-    return build_corpus.with_options(task_runner=data_task_runner(cfg))(cfg)
+    cached = not cfg.dask_address and all_cached(cfg)
+    if cached:
+        log.info("every per-WARC task run is cached: they run on threads, no process pool")
+    return build_corpus.with_options(task_runner=data_task_runner(cfg, cached))(cfg)
 
 
 def run_report(

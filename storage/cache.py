@@ -15,6 +15,10 @@ handing a dangling manifest downstream. A task run that misses says why (a log l
 on the task run, shown in the Prefect UI, and `_prefect/why/` for the run summary and
 `fineflow status --why`).
 
+`lookup` reads what a run would find for a task run, without running anything: `fineflow
+status` shows it; the data flow asks it first and, when every per-WARC task run would
+come back Cached, starts no process pool for them.
+
 With a remote data root (`storage.remote`) the key also sees the remote URL, a record
 the remote holds counts as a hit (its artifacts are fetched only when a stage that
 runs reads them), and a completion hook uploads what a task made.
@@ -87,6 +91,46 @@ def task_cache_key(task: Task, inputs: dict[str, Any], remote: str | None = None
     One formula for the cache itself and for `fineflow status`, which predicts hits.
     """
     return _key(task, why.key_parts(task.fn, inputs, remote))
+
+
+# What a run would do with one task run, as `lookup` predicts it (`fineflow status`'s words).
+CACHED, STALE, RUNS, FORCED = "cached", "stale", "will run", "forced"
+RESTORES = "cached remotely"  # remote_root holds it: reused; fetched if a running stage reads it
+HITS = (CACHED, RESTORES)  # the task run would come back Cached: its work does not run
+UNKNOWN = "unknown"  # its inputs are the output of a task run that will run first
+
+
+def lookup(
+    task: Task, root: Path, args: tuple, remote: str | None = None, forced: bool = False
+) -> tuple[str, Any]:
+    """(state, cached result or None) of `task` called with (root, *args), read from the
+    cache records without running anything: what `StageCache` would find."""
+    import inspect
+
+    from prefect._internal.result_records import ResultRecord
+
+    if forced:
+        return FORCED, None
+    inputs = dict(inspect.signature(task.fn).bind(str(root), *args).arguments)
+    key = task_cache_key(task, inputs, remote)
+    record = layout.results_dir(root) / key
+    far = Remote(remote) if remote else None
+    local = record.is_file()
+    body = record.read_bytes() if local else far.record(key) if far else None
+    if body is None:
+        return RUNS, None
+    try:
+        result = ResultRecord.deserialize(body).result
+    except Exception:
+        return (STALE, None) if local else (RUNS, None)
+    if far is not None:  # as Remote.restore decides
+        held = far.held(root, result)
+        if held is None:
+            return (STALE, None) if local else (RUNS, None)
+        return (CACHED, result) if local and not held else (RESTORES, result)
+    if any(verify(root, m) for m in manifests(result)):
+        return STALE, None
+    return CACHED, result
 
 
 def _key(task: Task, parts: dict[str, str]) -> str:

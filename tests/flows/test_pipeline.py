@@ -45,6 +45,44 @@ def test_second_run_is_all_cached_with_identical_manifests(first_run):
     assert again.outputs == result.outputs
 
 
+def test_a_rerun_with_every_per_warc_task_cached_starts_no_process_pool(
+    first_run, warcs, monkeypatch
+):
+    """Each per-WARC task run still comes back Cached (the UI, the summary), but on threads
+    of this process: a process pool would only start, import and find the cache records.
+    Anything that will run (a new WARC, a forced stage, a damaged output) gets the pool."""
+    import fineflow.flows.pipeline as flows
+    from fineflow.flows.data import all_cached
+
+    root, cfg, result = first_run
+    runners: list[str] = []
+    chosen = flows.data_task_runner
+
+    def spy(cfg, cached=False):
+        runner = chosen(cfg, cached)
+        runners.append(type(runner).__name__)
+        return runner
+
+    monkeypatch.setattr(flows, "data_task_runner", spy)
+    again = flows.pipeline(cfg)
+    assert statuses(again) == {s: "cached" for s in ALL}
+    assert again.outputs == result.outputs
+    assert runners == ["ThreadPoolTaskRunner"]
+
+    assert not all_cached(small_config(root, warcs[:3]))  # a new WARC
+    assert not all_cached(cfg.model_copy(update={"force": ["minhash"]}))
+    assert all_cached(cfg.model_copy(update={"force": ["dedup"]}))  # not a per-WARC stage
+    extract = result.lines[[line.stage for line in result.lines].index("extract")]
+    docs = extract.manifests[0].path(root, "docs.parquet")
+    body = docs.read_bytes()
+    docs.write_bytes(body[:-1] + bytes([body[-1] ^ 1]))  # damaged: its record is stale
+    try:
+        assert not all_cached(cfg)
+    finally:
+        docs.write_bytes(body)
+    assert all_cached(cfg)
+
+
 def test_vocab_change_reruns_only_tokenizer_and_downstream(first_run, warcs):
     from fineflow.flows.pipeline import pipeline
 
