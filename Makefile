@@ -74,6 +74,7 @@ ui: setup
 # leads one, and every descendant (the worker's flow runs, the server's services); SIGKILL
 # to what is left after UI_STOP_S seconds; "stopped" only once none of them is alive (a
 # zombie counts as gone). A pid file whose pid now runs something else is not obeyed.
+# Last, the local server that `fineflow run` shares between runs (`fineflow server --stop`).
 # Prefect's worker answers SIGTERM by sending itself SIGINT, which a process started in
 # the background by a non-interactive shell (as `ui` does) ignores: it needs the SIGKILL.
 UI_STOP_S ?= 10
@@ -109,6 +110,7 @@ ui-stop:
 	    echo "stopped $$p (pid $$pid$$how)"; rm -f "$$f"; \
 	  fi; \
 	done; \
+	$(VENV)/bin/fineflow server --stop || status=1; \
 	exit $$status
 
 # prefect.yaml's deployments on the server `make ui` started (flow code runs from this checkout).

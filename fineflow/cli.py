@@ -7,6 +7,7 @@
     fineflow sample [PROMPT ...] [...]   continue prompts with the model the config trained
     fineflow export OUT_DIR [...]  that model as a Hugging Face transformers directory
     fineflow report [--open] [...] the path of the config's run report (report.html)
+    fineflow server [--stop]       the local Prefect server runs share: where, or stop it
 
 Exit status of run/rerun: 0 every WARC made it; 3 the run finished but some WARCs
 failed and were left out (named at the end); 1 the run failed; 2 a bad config or
@@ -19,146 +20,23 @@ field by its dotted name. A bad value fails before anything runs, naming the fie
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from fineflow.config import PRESETS_FILE, STAGES, PipelineConfig, deep_merge
+from fineflow.server import prefect_api, start_server
 
 
 def _quiet_prefect() -> None:
     """No telemetry, and no phoning home from a machine that may have no network."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-
-class TemporaryServer:
-    """A local Prefect API server for one run, as Prefect's own SubprocessASGIServer starts
-    it (uvicorn over prefect.server.api.server:create_app, the UI off), but launched before
-    this process imports Prefect: the server's start (~6 s, most of it importing Prefect's
-    server) overlaps this process's imports (~4 s) instead of following them, and this
-    process never imports the server's modules (~2 s) only to start another process."""
-
-    def __init__(self) -> None:
-        import importlib.util
-        import socket
-        import subprocess
-
-        with socket.socket() as s:  # a free port, as Prefect finds one
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.api_url = f"http://127.0.0.1:{self.port}/api"
-        self.exported = False  # whether start_server put api_url into the environment
-        prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent  # not imported
-        env = {
-            **os.environ,
-            "PREFECT_UI_ENABLED": "0",
-            "PREFECT__SERVER_EPHEMERAL": "1",
-            "PREFECT__SERVER_FINAL": "1",
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
-            env=env,
-        )  # fmt: skip
-
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
-        """Return once the API answers its health check; raise if the server died."""
-        import httpx
-
-        deadline = time.monotonic() + timeout_s
-        with httpx.Client() as client:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"the temporary Prefect server exited with code {self.process.returncode}"
-                    )
-                try:
-                    if client.get(f"{self.api_url}/health").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.05)
-        raise RuntimeError(f"the temporary Prefect server did not answer within {timeout_s}s")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except Exception:
-                self.process.kill()
-                self.process.wait()
-        if self.exported and os.environ.get("PREFECT_API_URL") == self.api_url:
-            del os.environ["PREFECT_API_URL"]
-            self.exported = False
-
-
-def _profile_api_url() -> str | None:
-    """PREFECT_API_URL of the active Prefect profile, read without importing Prefect."""
-    import tomllib
-
-    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
-    path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
-    try:
-        profiles = tomllib.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    name = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
-    return profiles.get("profiles", {}).get(name, {}).get("PREFECT_API_URL")
-
-
-def start_server() -> TemporaryServer | None:
-    """A temporary server, started now, unless an API is configured (PREFECT_API_URL in
-    the environment or the active Prefect profile). Its URL goes into the environment
-    before Prefect is imported, so every thread and process of the run uses it: a
-    temporary setting alone leaves Prefect's background threads to start a server of
-    their own (Prefect reuses its own temporary server, but not this one)."""
-    if os.environ.get("PREFECT_API_URL") or _profile_api_url():
-        return None
-    server = TemporaryServer()
-    os.environ["PREFECT_API_URL"], server.exported = server.api_url, True
-    return server
-
-
-@contextlib.contextmanager
-def prefect_api(server: TemporaryServer | None = None) -> Iterator[None]:
-    """The configured Prefect API, or one temporary local server for the whole run
-    (`server`, if one was started already).
-
-    Without this, Prefect starts a temporary server in every process-pool worker
-    too; one server started here is shared with the workers through PREFECT_API_URL.
-    """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    if server is None and PREFECT_API_URL.value():
-        yield
-        return
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    server = server or TemporaryServer()
-    try:
-        server.wait_ready()
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            try:
-                yield
-            finally:
-                # Send what is queued while the server still listens, whether the run
-                # worked or not; otherwise the workers retry against a closed port for
-                # over a minute at exit.
-                APILogWorker.drain_all(timeout=5)
-                EventsWorker.drain_all(timeout=5)
-    finally:
-        server.stop()
 
 
 def _set(tree: dict[str, Any], dotted: str, raw: str) -> None:

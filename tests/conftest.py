@@ -8,6 +8,10 @@ import pytest
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# A `fineflow run` started by a test without PREFECT_API_URL gets a server of its own,
+# stopped with it, not the shared one that would outlive the tests (fineflow.server);
+# tests/cli/test_shared_server.py sets its own.
+os.environ.setdefault("FINEFLOW_SERVER_IDLE_S", "0")
 
 
 @pytest.fixture(scope="session")

@@ -127,7 +127,7 @@ def test_cli_sample_without_a_trained_model_says_what_to_do(ran, tmp_path, capsy
 def test_the_temporary_server_answers_and_stops() -> None:
     import httpx
 
-    from fineflow.cli import TemporaryServer
+    from fineflow.server import TemporaryServer
 
     server = TemporaryServer()  # launched at once; `wait_ready` is where a run waits
     try:
@@ -139,7 +139,7 @@ def test_the_temporary_server_answers_and_stops() -> None:
 
 
 def test_a_configured_api_starts_no_server(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    from fineflow.cli import start_server
+    from fineflow.server import start_server
 
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
     assert start_server() is None
