@@ -111,7 +111,8 @@ def lookups(
 
 def all_cached(cfg: PipelineConfig) -> bool:
     """Whether every per-WARC task run of `cfg` would come back Cached, as the cache reads
-    now (a Common Crawl slice: once its listing is cached too). Stops at the first miss."""
+    now (a Common Crawl slice: once its listing is cached too). Stops at the first miss,
+    so a crawl that will run pays for one lookup, not one per WARC."""
     uris = list(cfg.sources.warcs)
     if cfg.sources.common_crawl is not None:
         forced = "download" in cfg.force
@@ -121,8 +122,11 @@ def all_cached(cfg: PipelineConfig) -> bool:
             return False
         uris += urls
     stages = until(cfg.stop_after, PER_WARC)
-    looked = lookups(cfg, describe_sources(uris), stages)
-    return all(state in HITS for _, states in looked for state, _, _ in states)
+
+    def chain_cached(source: WarcSource) -> bool:  # one WARC at a time: a miss ends it at once
+        return all(looked[0][0] in HITS for _, looked in lookups(cfg, [source], stages))
+
+    return all(chain_cached(source) for source in describe_sources(uris))
 
 
 def sized(cfg: PipelineConfig, warcs: int) -> PipelineConfig:
