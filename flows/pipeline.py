@@ -61,10 +61,19 @@ def abandon_running_tasks() -> None:
     per-WARC task before the flow could end. Their scratch directories are swept by the
     next writer; nothing they leave is trusted (storage.artifacts).
     """
+    import gc
     import multiprocessing
+    from multiprocessing.queues import Queue
 
     for child in multiprocessing.active_children():
         child.kill()
+    # A worker killed while it wrote to a queue it shares with this process (Prefect's
+    # pool forwards the workers' log lines through one) leaves the queue's lock held by
+    # a dead process: this process's own writes then wait for it forever, and so would
+    # its exit, which joins each queue's writer thread. Exit without waiting for them.
+    for obj in gc.get_objects():
+        if isinstance(obj, Queue):
+            obj.cancel_join_thread()
 
 
 def run_data(cfg: PipelineConfig) -> CorpusResult:
