@@ -32,6 +32,7 @@ MinHash near-duplicate.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,8 +117,6 @@ class AblationSpec(_Config):
     @field_validator("variants")
     @classmethod
     def _names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        import re
-
         for name in v:
             if name == BASE:
                 raise ValueError(f"{BASE!r} is the base config itself: name the variant otherwise")

@@ -115,6 +115,11 @@ def parallel_models(spec: AblationSpec, jobs: int, device: str) -> int:
     return max(1, min(jobs, available_cores()))
 
 
+def _with_threads(train: TrainConfig, threads: int | None) -> TrainConfig:
+    """`train` with the cores a model gets, unless the spec's base set train.threads."""
+    return train if train.threads is not None else train.model_copy(update={"threads": threads})
+
+
 def model_task_runner(cfg: PipelineConfig, width: int):
     """Where the models train: the configured Dask cluster (as the data flow's per-WARC
     stages), else `width` local processes."""
@@ -183,20 +188,14 @@ def ablate(spec: AblationSpec) -> AblationResult:
     )
     choices_m = clock.finish("choices", [choices])[0]
 
-    jobs = [
-        Job(variant=n, seed=s, shard=shards[i], tokenizer=tok_of[n],
-            train=spec.seeded(configs[n], s).train)
-        for i, n in enumerate(names)
-        for s in range(spec.seeds)
-    ]  # fmt: skip
-    width = parallel_models(spec, len(jobs), base.train.device)
+    models = [(n, seed) for n in names for seed in range(spec.seeds)]
+    width = parallel_models(spec, len(models), base.train.device)
     threads = None if base.dask_address else max(1, available_cores() // width)
     jobs = [
-        j.model_copy(update={"train": j.train.model_copy(update={"threads": threads})})
-        if j.train.threads is None
-        else j
-        for j in jobs
-    ]
+        Job(variant=n, seed=seed, shard=shards[names.index(n)], tokenizer=tok_of[n],
+            train=_with_threads(spec.seeded(configs[n], seed).train, threads))
+        for n, seed in models
+    ]  # fmt: skip
     where = base.dask_address or f"{width} at a time, {threads} thread(s) each"
     print(f"ablate: {len(jobs)} models, {where}")
     runner = train_models.with_options(task_runner=model_task_runner(base, width))

@@ -182,13 +182,12 @@ def dots(
         return label_w + plot_w * (v - lo) / (hi - lo)
 
     out = [f'<svg class="dots" width="{width}" height="{height}" role="img">']
-    for i, t in enumerate(lo + (hi - lo) * k / 4 for k in range(5)):
+    for t in (lo + (hi - lo) * k / 4 for k in range(5)):
         out.append(
             f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="4" y2="{height - 30}" stroke="#f3f4f6"/>'
             f'<text x="{px(t):.1f}" y="{height - 16}" text-anchor="middle" class="small">'
             f"{t:.{digits}f}</text>"
         )
-        del i
     for name, v in ref:
         out.append(
             f'<line x1="{px(v):.1f}" x2="{px(v):.1f}" y1="4" y2="{height - 30}" stroke="#9ca3af"'

@@ -322,9 +322,10 @@ def dedup_corpus(
     }
 
 
-def _iter_kept(
+def iter_kept(
     db_path: Path, columns: str, batch: int, limit: int | None
 ) -> Iterator[list[tuple[Any, ...]]]:
+    """Rows of `columns` of the kept documents in corpus order, `batch` at a time."""
     if batch < 1:
         raise ValueError("batch must be at least 1")
     left = limit if limit is not None else -1
@@ -355,12 +356,12 @@ def iter_kept_texts(
 ) -> Iterator[list[tuple[str, str]]]:
     """(id, text) of kept documents in corpus order, `batch` at a time (the last may be short).
     key="cluster_id": (the id of the document's near-duplicate cluster, text)."""
-    yield from _iter_kept(db_path, f"{_key_column(key)}, text", batch, limit)
+    yield from iter_kept(db_path, f"{_key_column(key)}, text", batch, limit)
 
 
 def iter_kept_ids(db_path: Path, batch: int = 10_000, key: str = "id") -> Iterator[list[str]]:
     """Ids (or cluster ids) of kept documents in corpus order, `batch` at a time."""
-    for rows in _iter_kept(db_path, _key_column(key), batch, None):
+    for rows in iter_kept(db_path, _key_column(key), batch, None):
         yield [r[0] for r in rows]
 
 

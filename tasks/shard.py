@@ -97,6 +97,11 @@ class Split:
         return id_fraction(doc_id) < self.val_fraction
 
 
+def corpus_split(db_path: Path, val_fraction: float) -> Split:
+    """The split of a corpus's kept documents: by cluster id (module docstring)."""
+    return Split.plan(chain.from_iterable(iter_kept_ids(db_path, key=SPLIT_KEY)), val_fraction)
+
+
 class ShardStream:
     """Appends tokens to `<prefix>_NNNNNN.bin` files of exactly `shard_tokens` tokens each."""
 
@@ -177,7 +182,7 @@ def shard_corpus(
     if eot_id is None:
         raise ValueError(f"{tokenizer_path}: no {EOT} token")
     vocab_size = tok.get_vocab_size()
-    split = Split.plan(chain.from_iterable(iter_kept_ids(db_path, key=SPLIT_KEY)), cfg.val_fraction)
+    split = corpus_split(db_path, cfg.val_fraction)
     batches = iter_kept_texts(db_path, batch=cfg.batch_docs, key=SPLIT_KEY)
     first = next(batches, None)
     if first is None:

@@ -35,11 +35,10 @@ from prefect import task
 
 from fineflow.ablation import ChoiceConfig, HoldoutConfig
 from fineflow.config import MinHashConfig, ShardConfig
-from fineflow.storage import catalog
 from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
-from fineflow.tasks.dedup import CORPUS_DB
+from fineflow.tasks.dedup import CORPUS_DB, iter_kept
 from fineflow.tasks.minhash import band_keys, signatures
-from fineflow.tasks.shard import SPLIT_KEY, Split
+from fineflow.tasks.shard import corpus_split
 
 STAGE_VERSION = 1
 EVAL_PARQUET = "eval.parquet"
@@ -50,21 +49,12 @@ _SENTENCE_END = re.compile(r"([.!?…][\"')\]]*)\s+")  # group 1: the sentence's
 _SHOWN = 5  # leaking pairs named in the refusal
 
 
-def _kept_rows(db_path: Path) -> Iterator[list[tuple[str, str, str]]]:
-    """(id, cluster_id, text) of the corpus's kept documents in corpus order, batched."""
-    with catalog.connect(db_path, read_only=True) as con:
-        cur = con.execute("SELECT id, cluster_id, text FROM documents WHERE keep ORDER BY ordinal")
-        while rows := cur.fetchmany(_BATCH):
-            yield rows
-
-
-def _split(db_path: Path, val_fraction: float) -> Split:
-    """The shard stage's split of this corpus (tasks/shard.py, by cluster id)."""
-    with catalog.connect(db_path, read_only=True) as con:
-        keys = [
-            r[0] for r in con.execute(f"SELECT {SPLIT_KEY} FROM documents WHERE keep").fetchall()
-        ]
-    return Split.plan(keys, val_fraction)
+def split_docs(db_path: Path, val_fraction: float, val: bool) -> Iterator[list[tuple]]:
+    """(id, cluster_id, text) of a corpus's kept documents on one side of the shard stage's
+    split (tasks/shard.py: by cluster id), in corpus order, batched."""
+    split = corpus_split(db_path, val_fraction)
+    for rows in iter_kept(db_path, "id, cluster_id, text", _BATCH, None):
+        yield [r for r in rows if split.is_val(r[1]) == val]
 
 
 def read_texts(path: Path) -> list[tuple[str, str, str]]:
@@ -89,8 +79,7 @@ def read_texts(path: Path) -> list[tuple[str, str, str]]:
 
 def held_out(db_path: Path, fraction: float) -> list[tuple[str, str, str]]:
     """The base corpus's kept documents that its shard split sends to val."""
-    split = _split(db_path, fraction)
-    return [r for rows in _kept_rows(db_path) for r in rows if split.is_val(r[1])]
+    return [r for rows in split_docs(db_path, fraction, val=True) for r in rows]
 
 
 @task(name="eval_set", task_run_name="eval_set")
@@ -159,8 +148,7 @@ def check_leaks(
     key = stage_key(STAGE_VERSION, eval_set, corpus, shard, minhash)
     base = Path(root)
     db = corpus.path(base, CORPUS_DB)
-    split = _split(db, shard.val_fraction)
-    train = ([r for r in rows if not split.is_val(r[1])] for rows in _kept_rows(db))
+    train = split_docs(db, shard.val_fraction, val=False)
     n, same, near = find_leaks(read_eval(base, eval_set), train, minhash)
     with ArtifactWriter(base, "leaks", key) as out:
         out.path("leaks.json").write_text(

@@ -12,7 +12,7 @@ import pytest
 
 from fineflow.ablation import BASE, AblationSpec
 from fineflow.tasks.dedup import CORPUS_DB
-from fineflow.tasks.yardstick import _kept_rows, _split, read_eval
+from fineflow.tasks.yardstick import read_eval, split_docs
 
 TINY = {
     "tokenizer": {"vocab_size": 512},
@@ -87,8 +87,7 @@ def test_every_model_is_scored_on_documents_no_variant_trained_on(ablated):
     assert eval_ids
     for run in first.runs:
         db = run.corpus.path(root, CORPUS_DB)
-        split = _split(db, spec.eval.fraction)
-        train = [r for rows in _kept_rows(db) for r in rows if not split.is_val(r[1])]
+        train = [r for rows in split_docs(db, spec.eval.fraction, val=False) for r in rows]
         assert train, run.name
         assert not eval_ids & {i for i, _, _ in train}, run.name
         assert not eval_texts & {t for _, _, t in train}, run.name
@@ -127,8 +126,7 @@ def test_a_spec_whose_evaluation_documents_are_trained_on_is_refused(ablated, tm
     root, spec, first, _ = ablated
     # eval.texts holding a document of the base's train split, one word changed
     db = first.runs[0].corpus.path(root, CORPUS_DB)
-    split = _split(db, spec.eval.fraction)
-    train = [t for rows in _kept_rows(db) for _, c, t in rows if not split.is_val(c)]
+    train = [t for rows in split_docs(db, spec.eval.fraction, val=False) for _, _, t in rows]
     words = train[0].split(" ")
     words[len(words) // 2] = "changed"
     texts = tmp_path / "eval.jsonl"
