@@ -9,7 +9,8 @@
 datatrove lives in its own venv and is never a dependency of fineflow. This script runs
 in fineflow's venv and starts the datatrove side with `--dt-python`.
 
-Both sides: URL filter -> trafilatura (precision, no comments) -> fastText lid.176 (en >=
+Both sides: URL filter -> trafilatura (precision, no comments; fineflow's with its pruning
+XPaths compiled, the same text, unless `--no-accelerate`) -> fastText lid.176 (en >=
 0.65) -> Gopher repetition -> Gopher quality -> C4 (no terminal punctuation rule, as
 FineWeb) -> FineWeb filters. With `--workers N` the WARC's response records are dealt
 round-robin into N WARCs (bench/big_warc.py `split`), and each side runs N processes
@@ -127,7 +128,7 @@ def _url_filter_config(assets: Path):
     )
 
 
-def fineflow_part(warc: Path, assets: Path, root: Path, out: Path) -> None:
+def fineflow_part(warc: Path, assets: Path, root: Path, out: Path, accelerate: bool) -> None:
     """url_filter -> extract -> filter of one WARC, as a task of the flow runs them (the
     blocklist compiled under `root` once, one sandbox, one filter process)."""
     from fineflow.config import ExtractConfig, FilterConfig
@@ -137,14 +138,17 @@ def fineflow_part(warc: Path, assets: Path, root: Path, out: Path) -> None:
 
     out.mkdir()
     filter_warc(warc, out / "records.parquet", _url_filter_config(assets), root)
-    extract_docs(warc, out / "records.parquet", out / "docs.parquet", ExtractConfig(workers=1))
+    cfg = ExtractConfig(workers=1, accelerate=accelerate)
+    extract_docs(warc, out / "records.parquet", out / "docs.parquet", cfg)
     judge_docs(
         out / "docs.parquet", out / "kept.parquet", out / "dropped.parquet",
         FilterConfig(workers=1),
     )  # fmt: skip
 
 
-def fineflow_side(parts: list[Path], assets: Path, workers: int, root: Path) -> dict:
+def fineflow_side(
+    parts: list[Path], assets: Path, workers: int, root: Path, accelerate: bool
+) -> dict:
     import multiprocessing as mp
 
     import pyarrow.parquet as pq
@@ -158,11 +162,11 @@ def fineflow_side(parts: list[Path], assets: Path, workers: int, root: Path) -> 
         t0 = time.perf_counter()
         if workers == 1:
             for part, o in zip(parts, outs, strict=True):
-                fineflow_part(part, assets, root, o)
+                fineflow_part(part, assets, root, o, accelerate)
         else:  # forked, as datatrove's pool is: both pay the same process start
             ctx = mp.get_context("fork")
             procs = [
-                ctx.Process(target=fineflow_part, args=(part, assets, root, o))
+                ctx.Process(target=fineflow_part, args=(part, assets, root, o, accelerate))
                 for part, o in zip(parts, outs, strict=True)
             ]
             for p in procs:
@@ -207,6 +211,12 @@ def main() -> None:
         " as shipped rather than of the two implementations",
     )
     ap.add_argument("--char-dup", type=float, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--no-accelerate",
+        action="store_true",
+        help="fineflow runs trafilatura as shipped (extract.accelerate=false) instead of with"
+        " its compiled pruning XPaths (the same text, tasks/fast_trafilatura.py)",
+    )
     args = ap.parse_args()
     if args.datatrove_side:
         datatrove_side(args.parts, args.datatrove_side, args.lid_model, args.char_dup, args.workers)
@@ -238,7 +248,11 @@ def main() -> None:
                 cmd += ["--char-dup", str(FineWebFilterConfig().char_dup_ratio)]
             subprocess.run([*cmd, "--lid-model", str(lid_model_path())], check=True)
             dts.append(json.loads(out.read_text()))
-            ffs.append(_in_fresh_process(fineflow_side, parts, assets, args.workers, root))
+            ffs.append(
+                _in_fresh_process(
+                    fineflow_side, parts, assets, args.workers, root, not args.no_accelerate
+                )
+            )
             print(
                 f"  run {rep + 1}: datatrove {dts[-1]['seconds']:.1f} s, "
                 f"fineflow {ffs[-1]['seconds']:.1f} s", flush=True,

@@ -185,6 +185,12 @@ class ExtractConfig(_Config):
         "machine's over the WARCs running at once; 0: extract in-process, no timeout)",
     )
     timeout_s: float = Field(default=5.0, gt=0, description="per page; the worker is replaced")
+    accelerate: bool = runtime(
+        default=True,
+        description="trafilatura's pruning XPaths compiled to Python and a C class lookup "
+        "(tasks/fast_trafilatura.py): the same text, ~40% less extraction time; false runs "
+        "trafilatura as shipped",
+    )
     worker_memory_mb: int = Field(
         default=2048, ge=0, description="address-space cap of a sandbox process (0: none)"
     )
