@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from fineflow.config import FilterConfig
-from fineflow.storage import catalog
+from fineflow.storage import catalog, parquet
 from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
 from fineflow.tasks.extract import DOCS_SCHEMA
 from fineflow.tasks.quality import Verdict, judge, reasons
@@ -104,15 +104,14 @@ def judge_docs(
     samples: dict[str, list[dict]] = defaultdict(list)
     chars = 0
     batch: list[dict] = []
-    source = pq.ParquetFile(docs)
-    n_docs = source.metadata.num_rows
+    n_docs = pq.ParquetFile(docs).metadata.num_rows
     workers = worker_count(cfg.workers) if n_docs >= POOL_MIN_DOCS else 1
     if workers > 1:
         log.info("%s: judging %d documents in %d processes", docs.parent.name, n_docs, workers)
     pending: deque[list[dict]] = deque()  # rows whose texts are being judged, in order
 
     def texts() -> Iterator[list[str]]:
-        for rb in source.iter_batches(batch_size=POOL_BATCH):
+        for rb in parquet.iter_batches(docs, POOL_BATCH):  # memory flat on any WARC size
             rows = rb.to_pylist()
             pending.append(rows)
             yield [row["text"] for row in rows]
