@@ -1,6 +1,7 @@
 """Stage "extract": the responses url_filter kept -> docs.parquet of their main text.
 
-Only the kept records are read (by their gzip member offset from records.parquet).
+Only the kept records are read (by their gzip member offset from records.parquet, whose
+rows are read a batch at a time alongside the WARC: memory does not grow with its size).
 Each HTML payload (at most `max_html_bytes`, else skipped_too_large) is decoded:
 a byte-order mark wins; else strict UTF-8 (valid multi-byte UTF-8 is almost never
 an accident, and servers often send a stale "iso-8859-1" header for UTF-8 pages);
@@ -72,6 +73,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import trafilatura
 from charset_normalizer import from_bytes
@@ -82,6 +84,7 @@ from trafilatura.utils import load_html
 
 from fineflow.config import ExtractConfig
 from fineflow.progress import Ticker
+from fineflow.storage import parquet
 from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
 from fineflow.tasks import fast_trafilatura
 from fineflow.tasks.sandbox import Sandbox, worker_count
@@ -94,6 +97,7 @@ STAGE_VERSION = 5  # 3: table text kept; 4: records after a bad one in a gzip me
 log = logging.getLogger("fineflow.extract")
 
 ROW_GROUP = 1000
+_ROWS_BATCH = 1024  # records.parquet rows read at a time
 PROGRESS_EVERY_S = 10.0  # a WARC's pages/s line in the terminal at most this often
 DOCS_SCHEMA = pa.schema(
     [
@@ -441,6 +445,34 @@ class _InProcess:
                 yield "error", f"{type(exc).__name__}: {exc}"
 
 
+def kept_members(records: Path) -> Iterator[tuple[int, dict[str, tuple[str, str]]]]:
+    """The rows of records.parquet that url_filter kept, member by member:
+    (offset, {record id: (url, host)}), offsets ascending as url_filter wrote them (WARC
+    order); read a row group at a time, so a WARC's size does not show in memory."""
+    names = ("offset", "id", "url", "host")
+    offset, rows = -1, {}
+    for batch in parquet.iter_batches(records, _ROWS_BATCH, [*names, "keep"]):
+        batch = batch.filter(batch.column("keep"))
+        for at, rid, url, host in zip(*(batch.column(n).to_pylist() for n in names), strict=True):
+            if at != offset:
+                if at < offset:
+                    raise ValueError(f"{records}: offset {at} after {offset}, not in WARC order")
+                if rows:
+                    yield offset, rows
+                offset, rows = at, {}
+            rows[rid] = (url, host)
+    if rows:
+        yield offset, rows
+
+
+def _kept_offsets(records: Path) -> tuple[int, list[int]]:
+    """(rows url_filter kept, the distinct offsets of their members); two columns are read,
+    and each page's offset costs ~40 bytes of Python."""
+    flags = pq.read_table(records, columns=["offset", "keep"])
+    kept = flags.filter(flags["keep"]).column("offset")
+    return len(kept), pc.unique(kept).to_pylist()
+
+
 def extract_docs(
     warc: Path,
     records: Path,
@@ -450,21 +482,22 @@ def extract_docs(
     extractor: Extractor = extract_main_text,
 ) -> tuple[dict[str, int], int]:
     """docs.parquet from the kept rows of records.parquet; returns (counts, characters kept)."""
-    kept = pq.read_table(
-        records, columns=["id", "offset", "url", "host"], filters=[("keep", "=", True)]
-    ).to_pylist()
-    wanted = {(r["offset"], r["id"]): r for r in kept}
-    counts: Counter[str] = Counter(total=len(wanted))
+    total, offsets = _kept_offsets(records)
+    counts: Counter[str] = Counter(total=total)
     warc_name = warc_name or Path(warc).name
     found = 0
-    pending: deque[tuple[WarcRecord, dict]] = deque()  # pages in the sandbox, in order
+    pending: deque[tuple[WarcRecord, tuple[str, str]]] = deque()  # pages in the sandbox, in order
 
     def jobs() -> Iterator[tuple[str, bool, bool, bool, bool]]:
         nonlocal found
+        members = kept_members(records)
+        at, member = -1, {}  # the kept rows of the member being read
         for rec in read_records_at(
-            warc, (r["offset"] for r in kept), payload=True, max_payload_bytes=cfg.max_html_bytes
+            warc, offsets, payload=True, max_payload_bytes=cfg.max_html_bytes
         ):
-            row = wanted.get((rec.offset, rec.record_id))
+            while at < rec.offset:  # past the kept members the reader found no record in
+                at, member = next(members)
+            row = member.pop(rec.record_id, None)
             if row is None:  # a request / metadata record sharing the member, or not kept
                 continue
             found += 1
@@ -476,7 +509,7 @@ def extract_docs(
                     cfg.accelerate,
                 )  # fmt: skip
 
-    workers = min(worker_count(cfg.workers), max(len(wanted), 1))  # no idle sandboxes
+    workers = min(worker_count(cfg.workers), max(total, 1))  # no idle sandboxes
     if workers:
         # timeout_s=inf (no timeout) is valid config; the sandbox's waits need a finite number
         timeout = min(cfg.timeout_s, _NO_TIMEOUT_S)
@@ -491,7 +524,7 @@ def extract_docs(
             rec, row = pending.popleft()
             done += 1
             if ticker.due():
-                ticker.say(f"extract {warc_name}: {_rate(done, len(wanted), ticker.elapsed)}")
+                ticker.say(f"extract {warc_name}: {_rate(done, total, ticker.elapsed)}")
             text = judge_text(status, value, rec.target_uri, cfg, counts)
             if text is None:
                 continue
@@ -499,8 +532,8 @@ def extract_docs(
             batch.append(
                 {
                     "id": rec.record_id,
-                    "url": row["url"],
-                    "host": row["host"],
+                    "url": row[0],
+                    "host": row[1],
                     "warc": warc_name,
                     "date": rec.date,
                     "text": text,
@@ -512,12 +545,12 @@ def extract_docs(
                 batch = []
         if batch or not counts["kept"]:  # a WARC with no documents still gets a valid file
             writer.write_table(pa.Table.from_pylist(batch, schema=DOCS_SCHEMA))
-    counts["skipped_missing"] = len(wanted) - found
+    counts["skipped_missing"] = total - found
     if counts["skipped_missing"]:
-        log.warning("%s: %d kept records not found in the WARC", warc_name, len(wanted) - found)
+        log.warning("%s: %d kept records not found in the WARC", warc_name, total - found)
     ticker.say(
-        f"extract {warc_name}: {counts['kept']} of {len(wanted)} pages kept, "
-        f"{_rate(len(wanted), len(wanted), ticker.elapsed)}",
+        f"extract {warc_name}: {counts['kept']} of {total} pages kept, "
+        f"{_rate(total, total, ticker.elapsed)}",
         force=True,
     )
     return {k: counts[k] for k in COUNT_KEYS}, chars

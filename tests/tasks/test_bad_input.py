@@ -182,6 +182,22 @@ def test_missing_or_repeated_record_ids_cost_only_their_records(tmp_path: Path) 
     assert stats["kept"] == 4
 
 
+def test_a_repeated_id_in_a_whole_file_gzip_is_not_extracted_twice(tmp_path: Path) -> None:
+    """In one gzip member every record has the same offset: the record reusing an earlier
+    id (dropped by url_filter) must not take that id's kept row (it did: five documents of
+    four pages, two under one id, and skipped_missing -1)."""
+    copy = Capture("https://copy.example/", article(3).encode())
+    units = [warcinfo_record("one.warc.gz"), *(response_record(c) for c in GOOD + [copy])]
+    units[-1] = units[-1].replace(record_id(copy.url).encode(), record_id(GOOD[0].url).encode())
+    path = tmp_path / "one.warc.gz"
+    path.write_bytes(gzip.compress(b"".join(units), mtime=0))
+
+    counts, urls = run(tmp_path, path)
+
+    assert (counts["total"], counts["kept"], counts["skipped_missing"]) == (4, 4, 0)
+    assert urls == GOOD_URLS
+
+
 def _empty(tmp_path: Path) -> Path:
     blocklist = tmp_path / "domains"
     blocklist.write_text("")

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import fineflow.tasks.extract as extract_mod
+import fineflow.tasks.url_filter as url_filter_mod
 from fineflow.config import SAMPLE_DIR, DownloadConfig, ExtractConfig, UrlFilterConfig
 from fineflow.storage.artifacts import verify
 from fineflow.tasks.download import describe_sources, download_warc
@@ -184,6 +185,44 @@ def test_a_hanging_or_dying_page_costs_only_itself(tmp_path: Path, workers: int)
     assert (counts["skipped_timeout"], counts["skipped_crash"], counts["kept"]) == (1, 1, 3)
     urls = [d["url"] for d in pq.read_table(out).to_pylist()]
     assert urls == ["https://a.example/1", "https://b.example/2", "https://c.example/3"]
+
+
+def test_records_are_read_a_batch_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """records.parquet is read as the pages go, not whole: when a page is extracted, at
+    most a batch of rows has been read beyond it (and the row after its member's, which
+    tells where the member ends), however many pages the WARC holds."""
+    monkeypatch.setattr(url_filter_mod, "_BATCH_ROWS", 5)  # row groups of 5 rows
+    monkeypatch.setattr(extract_mod, "_ROWS_BATCH", 5)
+    path = tmp_path / "many.warc.gz"
+    pages = [Capture(f"https://p{i}.example/", article(i % 4).encode()) for i in range(30)]
+    build_warc(path, pages)
+    blocklist = tmp_path / "domains"
+    blocklist.write_text("")
+    records = tmp_path / "records.parquet"
+    filter_warc(path, records, UrlFilterConfig(blocklist=blocklist))
+    read = 0
+    iter_batches = extract_mod.parquet.iter_batches
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - iter_batches' own
+        nonlocal read
+        for batch in iter_batches(*args, **kwargs):
+            read += batch.num_rows
+            yield batch
+
+    monkeypatch.setattr(extract_mod.parquet, "iter_batches", counted)
+    ahead: list[int] = []
+
+    def extractor(html: str, *_: bool) -> str:  # in this process (workers=0)
+        ahead.append(read - len(ahead))
+        return html
+
+    cfg = ExtractConfig(workers=0)
+    counts, _ = extract_docs(path, records, tmp_path / "docs.parquet", cfg, extractor=extractor)
+
+    assert counts["kept"] == 30
+    assert max(ahead) == 5 + 1  # the whole file read first: 30
 
 
 def test_in_process_mode_gives_the_same_documents(tmp_path: Path, warc: tuple[Path, Path]) -> None:
