@@ -71,8 +71,10 @@ def abandon_running_tasks() -> None:
     # pool forwards the workers' log lines through one) leaves the queue's lock held by
     # a dead process: this process's own writes then wait for it forever, and so would
     # its exit, which joins each queue's writer thread. Exit without waiting for them.
+    # The type is read without touching the object: isinstance() would dereference a
+    # dead weak proxy (ReferenceError) or wake a lazy module's deprecation hooks.
     for obj in gc.get_objects():
-        if isinstance(obj, Queue):
+        if issubclass(type(obj), Queue):
             obj.cancel_join_thread()
 
 

@@ -52,6 +52,8 @@ def another_value(path: str, current: Any) -> Any:
         return "1GB"
     if path.endswith("on_error"):
         return "fail" if current == "skip" else "skip"
+    if isinstance(current, bool):
+        return not current
     if isinstance(current, float):
         return current * 2
     if isinstance(current, int) and not isinstance(current, bool):
