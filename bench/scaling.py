@@ -1,18 +1,20 @@
 """Scaling of the per-WARC stages from 1 to 2 cores: one big WARC, and many small ones.
 
-    .venv/bin/python bench/scaling.py [--mb 20] [--reps 2] [--cores 1,2] [--skip-many]
+    .venv/bin/python bench/scaling.py [--mb 20] [--reps 2] [--cores 1,2] [--skip-many] [--many 8]
 
 "big": one WARC of real pages (bench/big_warc.py: the sample's records replicated with new
-URLs, `--mb` MB) through url_filter -> extract -> filter (the stages' own functions, with
-`workers` left to the flow's sizing: the task gets every core it may use) in a fresh
-process whose CPU affinity is 1, then 2 cores, as `taskset` would give it. "many": the
-five sample WARCs on a process pool of as many processes as cores, one sandbox each,
-as the flow maps them. Runs alternate (1 core, 2 cores, 1 core, ...) so that a shared
-machine's load falls on both alike; medians are printed, with every run's seconds.
+URLs, `--mb` MB) through url_filter -> extract -> filter -> minhash (the stages' own
+functions, with `workers` left to the flow's sizing: the task gets every core it may use)
+in a fresh process whose CPU affinity is 1, then 2 cores, as `taskset` would give it.
+"many": the five sample WARCs (or, with `--many N`, their response records dealt
+round-robin into N WARCs of about equal work, as a crawl's WARCs are) on a process pool of
+as many processes as cores, one sandbox each, as the flow maps them. Runs alternate (1
+core, 2 cores, 1 core, ...) so that a shared machine's load falls on both alike; medians
+are printed, with every run's seconds.
 
 Also printed: whether the 1-core and 2-core runs wrote the same bytes (docs.parquet of
-extract and filter), and the peak RSS of the WARC's processing: the task's process
-(VmHWM) and its largest descendant (a sandbox or filter process, sampled).
+extract and filter, signatures.parquet), and the peak RSS of the WARC's processing: the
+task's process (VmHWM) and its largest descendant (a sandbox or filter process, sampled).
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ from pathlib import Path
 
 import psutil
 
-from fineflow.config import SAMPLE_DIR, ExtractConfig, FilterConfig, UrlFilterConfig
+from fineflow.config import (
+    SAMPLE_DIR,
+    ExtractConfig,
+    FilterConfig,
+    MinHashConfig,
+    UrlFilterConfig,
+)
 
 BENCH = Path(__file__).resolve().parent
 
@@ -44,9 +52,11 @@ def _peak_rss_mb() -> float:
 
 
 def chain(warc: str, workers: int | None = None) -> dict:
-    """url_filter -> extract -> filter of one WARC in this process; seconds per stage."""
+    """url_filter -> extract -> filter -> minhash of one WARC in this process; seconds
+    per stage."""
     from fineflow.tasks.extract import extract_docs
     from fineflow.tasks.filter import judge_docs
+    from fineflow.tasks.minhash import signatures_to_parquet
     from fineflow.tasks.url_filter import filter_warc
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,16 +73,21 @@ def chain(warc: str, workers: int | None = None) -> dict:
             FilterConfig(workers=workers),
         )  # fmt: skip
         t3 = time.perf_counter()
+        signatures_to_parquet(
+            t / "kept.parquet", t / "signatures.parquet", MinHashConfig(workers=workers)
+        )
+        t4 = time.perf_counter()
         peak = _peak_rss_mb()  # the stages' own peak: before the digest below reads files
         h = hashlib.sha256()
-        for name in ("docs.parquet", "kept.parquet"):
+        for name in ("docs.parquet", "kept.parquet", "signatures.parquet"):
             with open(t / name, "rb") as f:  # streamed: the outputs never sit in memory
                 while block := f.read(1 << 20):
                     h.update(block)
         digest = h.hexdigest()[:16]
     return {
         "pages": counts["total"], "docs": counts["kept"], "kept": fcounts["kept"],
-        "url_filter": t1 - t0, "extract": t2 - t1, "filter": t3 - t2, "wall": t3 - t0,
+        "url_filter": t1 - t0, "extract": t2 - t1, "filter": t3 - t2, "minhash": t4 - t3,
+        "wall": t4 - t0,
         "digest": digest, "peak_mb": peak,
     }  # fmt: skip
 
@@ -166,6 +181,10 @@ def main() -> None:
     ap.add_argument("--cores", default="1,2")
     ap.add_argument("--skip-many", action="store_true")
     ap.add_argument("--skip-big", action="store_true")
+    ap.add_argument(
+        "--many", type=int, default=0,
+        help="deal the sample's records into this many WARCs (default: the five as they are)",
+    )  # fmt: skip
     args = ap.parse_args()
     cores = [int(c) for c in args.cores.split(",")]
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
@@ -178,6 +197,14 @@ def main() -> None:
             warc = str(Path(tmp) / "big.warc.gz")
             n, size = build(Path(warc), args.mb)
             print(f"big WARC: {n:,} responses, {size / 1e6:.1f} MB (sample records, new URLs)")
+        warcs = SAMPLE_WARCS
+        if args.many and not args.skip_many:
+            sys.path.insert(0, str(BENCH))
+            from big_warc import build, split
+
+            whole = Path(tmp) / "sample.warc.gz"
+            build(whole, 0, copies=1)
+            warcs = [str(p) for p in split(whole, args.many, Path(tmp) / "many")]
         big: dict[int, list[dict]] = {c: [] for c in cores}
         many: dict[int, list[dict]] = {c: [] for c in cores}
         for _ in range(args.reps):
@@ -187,7 +214,7 @@ def main() -> None:
                     r = big[c][-1]
                     print(f"  big, {c} core(s): {r['wall']:.1f} s", flush=True)
                 if not args.skip_many:
-                    many[c].append(_run(_many, SAMPLE_WARCS, c))
+                    many[c].append(_run(_many, warcs, c))
                     print(f"  many, {c} core(s): {many[c][-1]['wall']:.1f} s", flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     if not args.skip_big:
@@ -197,7 +224,8 @@ def main() -> None:
             f"{first['kept']:,} kept by the filters"
         )
         med = {c: {k: statistics.median(r[k] for r in big[c]) for k in
-                   ("wall", "url_filter", "extract", "filter", "peak_task", "peak_child")}
+                   ("wall", "url_filter", "extract", "filter", "minhash", "peak_task",
+                    "peak_child")}
                for c in cores}  # fmt: skip
         for c in cores:
             m = med[c]
@@ -205,7 +233,8 @@ def main() -> None:
             print(
                 f"{c} core(s): {m['wall']:.1f} s median ({walls}); url_filter "
                 f"{m['url_filter']:.1f} s, extract {m['extract']:.1f} s, filter "
-                f"{m['filter']:.1f} s; {first['pages'] / m['wall']:.1f} pages/s; peak RSS task "
+                f"{m['filter']:.1f} s, minhash {m['minhash']:.1f} s; "
+                f"{first['pages'] / m['wall']:.1f} pages/s; peak RSS task "
                 f"{m['peak_task']:.0f} MB, largest child {m['peak_child']:.0f} MB"
             )
         if len(cores) > 1:
@@ -213,18 +242,20 @@ def main() -> None:
             print(
                 f"scaling {cores[0]} -> {cores[-1]} cores: x{a['wall'] / b['wall']:.2f} whole "
                 f"chain (extract x{a['extract'] / b['extract']:.2f}, filter "
-                f"x{a['filter'] / b['filter']:.2f}, url_filter "
+                f"x{a['filter'] / b['filter']:.2f}, minhash x{a['minhash'] / b['minhash']:.2f}, "
+                f"url_filter "
                 f"x{a['url_filter'] / b['url_filter']:.2f})"
             )
         digests = {r["digest"] for c in cores for r in big[c]}
         print(f"same bytes on every run: {len(digests) == 1}")
     if not args.skip_many:
         pages = many[cores[0]][0]["pages"]
+        what = f"{len(warcs)} WARCs dealt from the sample" if args.many else "5 sample WARCs"
         med_many = {c: statistics.median(r["wall"] for r in many[c]) for c in cores}
         for c in cores:
             walls = ", ".join(f"{r['wall']:.1f}" for r in many[c])
             print(
-                f"many ({len(SAMPLE_WARCS)} sample WARCs, {pages} pages), {c} process(es): "
+                f"many ({what}, {pages} pages), {c} process(es): "
                 f"{med_many[c]:.1f} s median ({walls}), {pages / med_many[c]:.1f} pages/s"
             )
         if len(cores) > 1:

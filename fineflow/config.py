@@ -298,6 +298,12 @@ class MinHashConfig(_Config):
     bands: int = Field(default=14, ge=1)
     rows: int = Field(default=8, ge=1, description="permutations per band")
     seed: int = 1
+    workers: int | None = runtime(
+        default=None,
+        ge=0,
+        description="processes signing one WARC's documents (None: the cores the task has; "
+        "0 or 1: in-process); a WARC of few documents is always signed in-process",
+    )
 
 
 class DedupConfig(_Config):

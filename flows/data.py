@@ -139,7 +139,7 @@ def sized(cfg: PipelineConfig, warcs: int) -> PipelineConfig:
     cores = 1 if cfg.dask_address else max(1, available_cores() // running)
     update = {
         name: sub.model_copy(update={"workers": cores})
-        for name in ("extract", "filter")
+        for name in ("extract", "filter", "minhash")
         if (sub := getattr(cfg, name)).workers is None
     }
     return cfg.model_copy(update=update) if update else cfg

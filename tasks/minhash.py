@@ -17,6 +17,11 @@ have Jaccard similarity s share a key in at least one band with probability
 1 - (1 - s^8)^14: 0.05 at s = 0.5, 0.57 at 0.7, 0.92 at 0.8, 0.99 at 0.85.
 
 signatures.parquet: id (str), band (int16), key (uint64); `bands` rows per document.
+
+A WARC of `POOL_MIN_DOCS` (1,000) documents or more is signed on `workers` processes
+(None: the cores the task has, as extract and filter): each batch of 1,024 documents read
+goes out in slices of 64 and comes back in order, and is written as one row group either
+way, so the file is the same bytes for any number of workers.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from prefect import task
 
 from fineflow.config import MinHashConfig
 from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
+from fineflow.tasks.sandbox import Sandbox, worker_count
 
 STAGE_VERSION = 3  # 3: counts total/kept, the vocabulary of every stage
 SIGNATURES = "signatures.parquet"
@@ -44,6 +50,9 @@ SIGNATURE_SCHEMA = pa.schema([("id", pa.string()), ("band", pa.int16()), ("key",
 # Pinned so a datasketch release that changes its default scheme cannot silently change keys.
 _SCHEME = "affine64"
 _READ_BATCH = 1024  # documents per Parquet batch: bounded memory on any WARC size
+POOL_MIN_DOCS = 1000  # fewer are signed in-process: ~3 s of one core, less than a start
+_POOL_SLICE = 64  # documents per call to a minhash process
+_NO_TIMEOUT_S = 1e6  # signing is linear in a document's words: no per-call timeout
 _ASCII_PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"  # includes symbols Unicode files under S*
 
 log = logging.getLogger("fineflow.minhash")
@@ -203,13 +212,40 @@ def _batches(path: Path) -> Iterator[tuple[list[str], list[str]]]:
         yield batch.column("id").to_pylist(), batch.column("text").to_pylist()
 
 
+def text_band_keys(texts: list[str], cfg: MinHashConfig) -> np.ndarray:
+    """Band keys of each text, (len(texts), bands): what a minhash process runs."""
+    return band_keys(signatures(texts, cfg), cfg.bands, cfg.rows)
+
+
+def keyed_batches(
+    docs_path: Path, cfg: MinHashConfig, workers: int
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(ids, band keys) of each batch of docs.parquet, in order: signed in this process,
+    or in slices on `workers` processes (tasks/sandbox.py, results in input order)."""
+    if workers <= 1:
+        yield from ((ids, text_band_keys(texts, cfg)) for ids, texts in _batches(docs_path))
+        return
+    with Sandbox(text_band_keys, workers, _NO_TIMEOUT_S) as pool:
+        for ids, texts in _batches(docs_path):
+            parts = [(texts[i : i + _POOL_SLICE], cfg) for i in range(0, len(texts), _POOL_SLICE)]
+            keys = [text_band_keys([], cfg)]
+            for status, value in pool.map(parts):
+                if status != "ok":  # signing raising is a bug, not data: fail the WARC
+                    raise RuntimeError(f"a minhash worker failed ({status}): {value}")
+                keys.append(value)
+            yield ids, np.concatenate(keys)
+
+
 def signatures_to_parquet(docs_path: Path, out_path: Path, cfg: MinHashConfig) -> dict[str, int]:
     """Stream docs.parquet into signatures.parquet; returns counts."""
     n_docs = 0
     band_ids = np.arange(cfg.bands, dtype=np.int16)
+    total = pq.ParquetFile(docs_path).metadata.num_rows
+    workers = worker_count(cfg.workers) if total >= POOL_MIN_DOCS else 1
+    if workers > 1:
+        log.info("%s: signing %d documents in %d processes", docs_path.parent.name, total, workers)
     with pq.ParquetWriter(out_path, SIGNATURE_SCHEMA) as writer:
-        for ids, texts in _batches(docs_path):
-            keys = band_keys(signatures(texts, cfg), cfg.bands, cfg.rows)
+        for ids, keys in keyed_batches(docs_path, cfg, workers):
             table = pa.table(
                 {
                     "id": pa.array(np.repeat(np.array(ids, dtype=object), cfg.bands), pa.string()),

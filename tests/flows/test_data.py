@@ -14,8 +14,9 @@ def test_one_warc_gets_every_core_and_a_crawl_one_per_task() -> None:
     one = sized(cfg, 1)
     many = sized(cfg, 10_000)
 
-    assert (one.extract.workers, one.filter.workers) == (cores, cores)
+    assert (one.extract.workers, one.filter.workers, one.minhash.workers) == (cores,) * 3
     assert (many.extract.workers, many.filter.workers) == (max(1, cores // 2),) * 2
+    assert many.minhash.workers == max(1, cores // 2)
     assert cfg.extract.workers is None  # the caller's config is left as it was
 
 
@@ -24,4 +25,4 @@ def test_a_count_given_is_kept_and_dask_gets_one() -> None:
     assert (sized(cfg, 1).extract.workers, sized(cfg, 1).filter.workers) == (0, 5)
 
     dask = sized(PipelineConfig(dask_address="tcp://127.0.0.1:8786"), 1)
-    assert (dask.extract.workers, dask.filter.workers) == (1, 1)
+    assert (dask.extract.workers, dask.filter.workers, dask.minhash.workers) == (1, 1, 1)

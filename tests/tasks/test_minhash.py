@@ -160,3 +160,48 @@ def test_fast_path_equals_datasketch_minhash(monkeypatch: pytest.MonkeyPatch) ->
     assert (fast >= 2**32).any(), "64-bit hash values, not 32"
     other_seed = signatures(texts[:1], MinHashConfig(seed=2))
     assert other_seed[0].tolist() != fast[0].tolist()
+
+
+def _docs_file(path: Path, n: int) -> Path:
+    """n documents, each a distinct slice of the two texts (ids d00000...)."""
+    words = (LIGHTHOUSE + RIVER).split()
+    texts = [" ".join(words[i % 200 : i % 200 + 20 + i % 90]) + f" doc{i}" for i in range(n)]
+    ids = [f"d{i:05d}" for i in range(n)]
+    pq.write_table(pa.table({"id": ids, "text": texts}), path)
+    return path
+
+
+def test_workers_sign_a_big_warc_to_the_same_bytes(tmp_path: Path, caplog) -> None:
+    from fineflow.tasks.minhash import POOL_MIN_DOCS, signatures_to_parquet
+
+    n = 2 * 1024 + 37  # three read batches
+    assert n >= POOL_MIN_DOCS
+    docs = _docs_file(tmp_path / "docs.parquet", n)
+    outs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"sig{workers}.parquet"
+        with caplog.at_level("INFO", logger="fineflow.minhash"):
+            counts = signatures_to_parquet(docs, out, MinHashConfig(workers=workers))
+        assert counts == {"total": 2 * 1024 + 37, "kept": 2 * 1024 + 37}
+        outs[workers] = out.read_bytes()
+    assert "signing 2085 documents in 2 processes" in caplog.text  # the pool really ran
+    assert outs[1] == outs[2]
+    table = pq.read_table(tmp_path / "sig2.parquet")
+    assert table.num_rows == 14 * (2 * 1024 + 37)
+    last = table.slice(table.num_rows - 14)
+    text = pq.read_table(docs).column("text")[-1].as_py()
+    assert last.column("id").to_pylist() == ["d02084"] * 14
+    assert (
+        last.column("key").to_pylist()
+        == band_keys(signatures([text], MinHashConfig()), 14, 8)[0].tolist()
+    )
+
+
+def test_a_small_warc_is_signed_in_process(tmp_path: Path, caplog) -> None:
+    from fineflow.tasks.minhash import signatures_to_parquet
+
+    docs = _docs_file(tmp_path / "docs.parquet", 50)
+    with caplog.at_level("INFO", logger="fineflow.minhash"):
+        signatures_to_parquet(docs, tmp_path / "sig.parquet", MinHashConfig(workers=2))
+    assert "processes" not in caplog.text
+    assert pq.read_table(tmp_path / "sig.parquet").num_rows == 50 * 14
