@@ -37,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasketch import MinHash
 from prefect import task
 
 from fineflow.config import MinHashConfig
@@ -157,11 +156,17 @@ def _fmix64(h: np.ndarray) -> np.ndarray:
     return h
 
 
-@cache
+_perms: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """datasketch's affine64 permutation parameters (a, b), each (num_perm,) uint64."""
-    a, b = MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME).permutations
-    return a.astype(np.uint64), b.astype(np.uint64)
+    if (num_perm, seed) not in _perms:
+        from datasketch import MinHash  # ~0.5 s of imports (scipy): only once signing starts
+
+        a, b = MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME).permutations
+        _perms[num_perm, seed] = (a.astype(np.uint64), b.astype(np.uint64))
+    return _perms[num_perm, seed]
 
 
 _CHUNK_SHINGLES = 16_384  # rows of the (shingles x permutations) matrix per numpy step
@@ -192,6 +197,8 @@ def signatures(texts: Iterable[str], cfg: MinHashConfig) -> np.ndarray:
 
 def datasketch_signature(shingle_set: list[bytes], cfg: MinHashConfig) -> np.ndarray:
     """The reference: datasketch's MinHash of the same shingles (slow; for tests)."""
+    from datasketch import MinHash
+
     m = MinHash(num_perm=cfg.bands * cfg.rows, seed=cfg.seed, scheme=_SCHEME, hashfunc=shingle_hash)
     m.update_batch(shingle_set)
     return m.hashvalues.astype(np.uint64)
@@ -212,8 +219,13 @@ def _batches(path: Path) -> Iterator[tuple[list[str], list[str]]]:
         yield batch.column("id").to_pylist(), batch.column("text").to_pylist()
 
 
-def text_band_keys(texts: list[str], cfg: MinHashConfig) -> np.ndarray:
-    """Band keys of each text, (len(texts), bands): what a minhash process runs."""
+def text_band_keys(
+    texts: list[str], cfg: MinHashConfig, perms: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
+    """Band keys of each text, (len(texts), bands): what a minhash process runs. `perms`:
+    permutations() from the caller, so a minhash process need not import datasketch."""
+    if perms is not None:
+        _perms.setdefault((cfg.bands * cfg.rows, cfg.seed), perms)
     return band_keys(signatures(texts, cfg), cfg.bands, cfg.rows)
 
 
@@ -225,9 +237,12 @@ def keyed_batches(
     if workers <= 1:
         yield from ((ids, text_band_keys(texts, cfg)) for ids, texts in _batches(docs_path))
         return
+    perms = permutations(cfg.bands * cfg.rows, cfg.seed)
     with Sandbox(text_band_keys, workers, _NO_TIMEOUT_S) as pool:
         for ids, texts in _batches(docs_path):
-            parts = [(texts[i : i + _POOL_SLICE], cfg) for i in range(0, len(texts), _POOL_SLICE)]
+            parts = [
+                (texts[i : i + _POOL_SLICE], cfg, perms) for i in range(0, len(texts), _POOL_SLICE)
+            ]
             keys = [text_band_keys([], cfg)]
             for status, value in pool.map(parts):
                 if status != "ok":  # signing raising is a bug, not data: fail the WARC
