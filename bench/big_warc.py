@@ -13,6 +13,7 @@ give the same file.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import sys
 import uuid
@@ -81,6 +82,16 @@ def split(src: Path, parts: int, out_dir: Path) -> list[Path]:
     for f in files:
         f.close()
     return paths
+
+
+def output_digest(folder: Path, names: tuple[str, ...]) -> str:
+    """sha256 over the files, streamed (the outputs never sit in memory), 16 hex digits."""
+    h = hashlib.sha256()
+    for name in names:
+        with open(folder / name, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()[:16]
 
 
 def main() -> None:

@@ -30,6 +30,9 @@ from fineflow.config import ExtractConfig, FilterConfig, UrlFilterConfig
 from fineflow.tasks.extract import Extracted, extract_main_text
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from big_warc import build, output_digest  # noqa: E402 - a script beside this one
+
 _memo: dict[tuple[bytes, bool, bool, bool, bool], Extracted] = {}  # per sandbox process
 
 
@@ -64,9 +67,6 @@ def main() -> None:
         t = Path(tmp)
         warc = Path(args.warc) if args.warc else t / "big.warc.gz"
         if not args.warc:
-            sys.path.insert(0, str(BENCH))
-            from big_warc import build
-
             n, size = build(warc, args.mb)
             print(f"big WARC: {n:,} responses, {size / 1e6:.1f} MB (sample records, new URLs)")
         print(f"before the stages: {_memory_mb()}", flush=True)
@@ -84,12 +84,7 @@ def main() -> None:
         )  # fmt: skip
         print(f"filter: {counts['kept']:,} kept; {_memory_mb()}", flush=True)
         print(f"{time.perf_counter() - t0:.0f} s for the three stages")
-        h = hashlib.sha256()
-        for name in ("docs.parquet", "kept.parquet"):
-            with open(t / name, "rb") as f:
-                while block := f.read(1 << 20):
-                    h.update(block)
-        print(f"digest of the outputs: {h.hexdigest()[:16]}")
+        print(f"digest of the outputs: {output_digest(t, ('docs.parquet', 'kept.parquet'))}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ task's process (VmHWM) and its largest descendant (a sandbox or filter process, 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import multiprocessing as mp
 import os
 import statistics
@@ -42,6 +41,8 @@ from fineflow.config import (
 )
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from big_warc import build, output_digest, split  # noqa: E402 - a script beside this one
 
 
 def _peak_rss_mb() -> float:
@@ -78,12 +79,7 @@ def chain(warc: str, workers: int | None = None) -> dict:
         )
         t4 = time.perf_counter()
         peak = _peak_rss_mb()  # the stages' own peak: before the digest below reads files
-        h = hashlib.sha256()
-        for name in ("docs.parquet", "kept.parquet", "signatures.parquet"):
-            with open(t / name, "rb") as f:  # streamed: the outputs never sit in memory
-                while block := f.read(1 << 20):
-                    h.update(block)
-        digest = h.hexdigest()[:16]
+        digest = output_digest(t, ("docs.parquet", "kept.parquet", "signatures.parquet"))
     return {
         "pages": counts["total"], "docs": counts["kept"], "kept": fcounts["kept"],
         "url_filter": t1 - t0, "extract": t2 - t1, "filter": t3 - t2, "minhash": t4 - t3,
@@ -191,17 +187,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         warc = args.warc
         if warc is None and not args.skip_big:
-            sys.path.insert(0, str(BENCH))
-            from big_warc import build
-
             warc = str(Path(tmp) / "big.warc.gz")
             n, size = build(Path(warc), args.mb)
             print(f"big WARC: {n:,} responses, {size / 1e6:.1f} MB (sample records, new URLs)")
         warcs = SAMPLE_WARCS
         if args.many and not args.skip_many:
-            sys.path.insert(0, str(BENCH))
-            from big_warc import build, split
-
             whole = Path(tmp) / "sample.warc.gz"
             build(whole, 0, copies=1)
             warcs = [str(p) for p in split(whole, args.many, Path(tmp) / "many")]
@@ -243,8 +233,7 @@ def main() -> None:
                 f"scaling {cores[0]} -> {cores[-1]} cores: x{a['wall'] / b['wall']:.2f} whole "
                 f"chain (extract x{a['extract'] / b['extract']:.2f}, filter "
                 f"x{a['filter'] / b['filter']:.2f}, minhash x{a['minhash'] / b['minhash']:.2f}, "
-                f"url_filter "
-                f"x{a['url_filter'] / b['url_filter']:.2f})"
+                f"url_filter x{a['url_filter'] / b['url_filter']:.2f})"
             )
         digests = {r["digest"] for c in cores for r in big[c]}
         print(f"same bytes on every run: {len(digests) == 1}")

@@ -87,7 +87,7 @@ from fineflow.progress import Ticker
 from fineflow.storage import parquet
 from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
 from fineflow.tasks import fast_trafilatura
-from fineflow.tasks.sandbox import Sandbox, worker_count
+from fineflow.tasks.sandbox import NO_TIMEOUT_S, Sandbox, worker_count
 from fineflow.tasks.warc import WarcRecord, read_records_at
 
 STAGE_VERSION = 5  # 3: table text kept; 4: records after a bad one in a gzip member read;
@@ -166,7 +166,6 @@ _CLOSES_P = frozenset(
 )
 _CLOSES_SIBLING = frozenset("li dt dd option tr td th".split())  # noqa: SIM905
 _ASCII_PROBE = b"<html lang='en'><p class=\"a\">Az 09;:/?=&#</p>"
-_NO_TIMEOUT_S = 1e6  # ~11 days: what an infinite per-page timeout becomes
 
 
 @lru_cache(maxsize=512)
@@ -512,7 +511,7 @@ def extract_docs(
     workers = min(worker_count(cfg.workers), max(total, 1))  # no idle sandboxes
     if workers:
         # timeout_s=inf (no timeout) is valid config; the sandbox's waits need a finite number
-        timeout = min(cfg.timeout_s, _NO_TIMEOUT_S)
+        timeout = min(cfg.timeout_s, NO_TIMEOUT_S)
         pool = Sandbox(extractor, workers, timeout, cfg.worker_memory_mb)
     else:
         pool = _InProcess(extractor)

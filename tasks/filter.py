@@ -37,7 +37,7 @@ from fineflow.storage import catalog, parquet
 from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
 from fineflow.tasks.extract import DOCS_SCHEMA
 from fineflow.tasks.quality import Verdict, judge, reasons
-from fineflow.tasks.sandbox import Sandbox, worker_count
+from fineflow.tasks.sandbox import ordered_map, pool_size
 
 # 2: words and sentences counted as FineWeb does (tasks/words.py); 3: its URL rule
 # leaves private and loopback IPs out, as spaCy's does
@@ -50,7 +50,6 @@ ROW_GROUP = 1000
 # over what a filter process costs to start (it imports the filters and loads lid.176)
 POOL_MIN_DOCS = 400
 POOL_BATCH = 64  # documents per call to a filter process: the pipe's cost stays small
-_NO_TIMEOUT_S = 1e6  # the filters have no per-document timeout (they are linear-time)
 
 log = logging.getLogger("fineflow.filter")
 
@@ -80,21 +79,6 @@ def judge_texts(texts: list[str], cfg: FilterConfig) -> list[Verdict]:
     return [judge(text, cfg) for text in texts]
 
 
-def verdicts(
-    batches: Iterable[list[str]], cfg: FilterConfig, workers: int
-) -> Iterator[list[Verdict]]:
-    """judge_texts of each batch, in order: in this process, or on `workers` processes
-    (tasks/sandbox.py, which hands results back in input order)."""
-    if workers <= 1:
-        yield from (judge_texts(texts, cfg) for texts in batches)
-        return
-    with Sandbox(judge_texts, workers, _NO_TIMEOUT_S) as pool:
-        for status, value in pool.map((texts, cfg) for texts in batches):
-            if status != "ok":  # the filters raising is a bug, not data: fail the WARC
-                raise RuntimeError(f"a filter worker failed ({status}): {value}")
-            yield value
-
-
 def judge_docs(
     docs: Path, out: Path, dropped: Path, cfg: FilterConfig
 ) -> tuple[dict[str, int], int]:
@@ -105,7 +89,7 @@ def judge_docs(
     chars = 0
     batch: list[dict] = []
     n_docs = pq.ParquetFile(docs).metadata.num_rows
-    workers = worker_count(cfg.workers) if n_docs >= POOL_MIN_DOCS else 1
+    workers = pool_size(cfg.workers, n_docs, POOL_MIN_DOCS)
     if workers > 1:
         log.info("%s: judging %d documents in %d processes", docs.parent.name, n_docs, workers)
     pending: deque[list[dict]] = deque()  # rows whose texts are being judged, in order
@@ -117,7 +101,8 @@ def judge_docs(
             yield [row["text"] for row in rows]
 
     with pq.ParquetWriter(out, FILTERED_SCHEMA) as writer:
-        for judged in verdicts(texts(), cfg, workers):
+        calls = ((batch, cfg) for batch in texts())
+        for judged in ordered_map(judge_texts, calls, workers, "filter"):
             for row, v in zip(pending.popleft(), judged, strict=True):
                 counts["total"] += 1
                 if v.reason is not None:

@@ -19,9 +19,10 @@ have Jaccard similarity s share a key in at least one band with probability
 signatures.parquet: id (str), band (int16), key (uint64); `bands` rows per document.
 
 A WARC of `POOL_MIN_DOCS` (1,000) documents or more is signed on `workers` processes
-(None: the cores the task has, as extract and filter): each batch of 1,024 documents read
-goes out in slices of 64 and comes back in order, and is written as one row group either
-way, so the file is the same bytes for any number of workers.
+(None: the cores the task has, as extract and filter): documents go out in slices of 64
+and come back in order, and each batch read (at most 1,024 documents of one row group) is
+written as one row group either way, so the file is the same bytes for any number of
+workers.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import hashlib
 import logging
 import time
 import unicodedata
+from collections import deque
 from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
@@ -40,8 +42,9 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from fineflow.config import MinHashConfig
+from fineflow.storage import parquet
 from fineflow.storage.artifacts import ArtifactWriter, Manifest, stage_key
-from fineflow.tasks.sandbox import Sandbox, worker_count
+from fineflow.tasks.sandbox import ordered_map, pool_size
 
 STAGE_VERSION = 3  # 3: counts total/kept, the vocabulary of every stage
 SIGNATURES = "signatures.parquet"
@@ -51,7 +54,6 @@ _SCHEME = "affine64"
 _READ_BATCH = 1024  # documents per Parquet batch: bounded memory on any WARC size
 POOL_MIN_DOCS = 1000  # fewer are signed in-process: ~3 s of one core, less than a start
 _POOL_SLICE = 64  # documents per call to a minhash process
-_NO_TIMEOUT_S = 1e6  # signing is linear in a document's words: no per-call timeout
 _ASCII_PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"  # includes symbols Unicode files under S*
 
 log = logging.getLogger("fineflow.minhash")
@@ -215,7 +217,7 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 
 def _batches(path: Path) -> Iterator[tuple[list[str], list[str]]]:
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=_READ_BATCH, columns=["id", "text"]):
+    for batch in parquet.iter_batches(path, _READ_BATCH, ["id", "text"]):
         yield batch.column("id").to_pylist(), batch.column("text").to_pylist()
 
 
@@ -232,23 +234,23 @@ def text_band_keys(
 def keyed_batches(
     docs_path: Path, cfg: MinHashConfig, workers: int
 ) -> Iterator[tuple[list[str], np.ndarray]]:
-    """(ids, band keys) of each batch of docs.parquet, in order: signed in this process,
-    or in slices on `workers` processes (tasks/sandbox.py, results in input order)."""
-    if workers <= 1:
-        yield from ((ids, text_band_keys(texts, cfg)) for ids, texts in _batches(docs_path))
-        return
+    """(ids, band keys) of each batch of docs.parquet, in order, signed in slices in this
+    process or on `workers` processes (sandbox.ordered_map: results in input order)."""
     perms = permutations(cfg.bands * cfg.rows, cfg.seed)
-    with Sandbox(text_band_keys, workers, _NO_TIMEOUT_S) as pool:
+    pending: deque[tuple[list[str], int]] = deque()  # (ids, slices) of the batches sent
+
+    def calls() -> Iterator[tuple[list[str], MinHashConfig, tuple[np.ndarray, np.ndarray]]]:
         for ids, texts in _batches(docs_path):
-            parts = [
-                (texts[i : i + _POOL_SLICE], cfg, perms) for i in range(0, len(texts), _POOL_SLICE)
-            ]
-            keys = [text_band_keys([], cfg)]
-            for status, value in pool.map(parts):
-                if status != "ok":  # signing raising is a bug, not data: fail the WARC
-                    raise RuntimeError(f"a minhash worker failed ({status}): {value}")
-                keys.append(value)
-            yield ids, np.concatenate(keys)
+            starts = range(0, max(len(texts), 1), _POOL_SLICE)  # an empty batch: one call
+            pending.append((ids, len(starts)))
+            yield from ((texts[i : i + _POOL_SLICE], cfg, perms) for i in starts)
+
+    keys: list[np.ndarray] = []
+    for value in ordered_map(text_band_keys, calls(), workers, "minhash"):
+        keys.append(value)
+        if len(keys) == pending[0][1]:
+            yield pending.popleft()[0], np.concatenate(keys)
+            keys = []
 
 
 def signatures_to_parquet(docs_path: Path, out_path: Path, cfg: MinHashConfig) -> dict[str, int]:
@@ -256,7 +258,7 @@ def signatures_to_parquet(docs_path: Path, out_path: Path, cfg: MinHashConfig) -
     n_docs = 0
     band_ids = np.arange(cfg.bands, dtype=np.int16)
     total = pq.ParquetFile(docs_path).metadata.num_rows
-    workers = worker_count(cfg.workers) if total >= POOL_MIN_DOCS else 1
+    workers = pool_size(cfg.workers, total, POOL_MIN_DOCS)
     if workers > 1:
         log.info("%s: signing %d documents in %d processes", docs_path.parent.name, total, workers)
     with pq.ParquetWriter(out_path, SIGNATURE_SCHEMA) as writer:

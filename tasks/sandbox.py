@@ -31,6 +31,7 @@ from time import monotonic
 from typing import Any, Literal
 
 Status = Literal["ok", "error", "timeout", "crash"]
+NO_TIMEOUT_S = 1e6  # ~11 days: what "no per-call timeout" becomes (the waits need a number)
 _START_TIMEOUT_S = 300  # a cold start imports trafilatura (and its caller's module)
 
 
@@ -47,6 +48,29 @@ def worker_count(workers: int | None) -> int:
     """A `workers` setting as a count: None (what the flow did not size) is every core
     this process may use."""
     return available_cores() if workers is None else workers
+
+
+def pool_size(workers: int | None, items: int, min_items: int) -> int:
+    """Processes for a stage's `items` under its `workers` setting: 1 (in-process) when
+    there are fewer than `min_items`, too few to pay for starting a pool."""
+    return worker_count(workers) if items >= min_items else 1
+
+
+def ordered_map(
+    fn: Callable[..., Any], calls: Iterable[tuple[Any, ...]], workers: int, what: str
+) -> Iterator[Any]:
+    """fn(*call) for each call, in order: in this process when `workers` <= 1, else on a
+    Sandbox of `workers` processes without a per-call timeout, for work whose time is
+    linear in its input. A call that raises or kills its process fails the whole map
+    (RuntimeError naming `what`): for such work that is a bug, not bad data."""
+    if workers <= 1:
+        yield from (fn(*call) for call in calls)
+        return
+    with Sandbox(fn, workers, NO_TIMEOUT_S) as pool:
+        for status, value in pool.map(calls):
+            if status != "ok":
+                raise RuntimeError(f"a {what} worker failed ({status}): {value}")
+            yield value
 
 
 def _serve(conn: Connection, fn: Callable[..., Any], memory_mb: int) -> None:

@@ -26,3 +26,10 @@ def hangs_or_dies(html: str, *options: bool) -> str | None:
     if "DIE" in html:
         os._exit(3)
     return extract_main_text(html, *options)
+
+
+def square_or_raise(n: int) -> int:
+    """n * n; raises on a negative n (for sandbox.ordered_map's tests)."""
+    if n < 0:
+        raise ValueError(f"negative: {n}")
+    return n * n
